@@ -1,0 +1,3 @@
+"""megamix: Megatron-style GPT pretraining with online data mixing."""
+
+__version__ = "0.1.0"

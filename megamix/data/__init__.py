@@ -1,0 +1,1 @@
+"""Data: Megatron-format indexed datasets, tokenizers, domain streams, the mixture schedule and blend."""

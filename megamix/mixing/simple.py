@@ -1,0 +1,40 @@
+"""The fixed-proportion methods: stratified (uniform), natural (by token count), static (given)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megamix.mixing.base import Mixer, MixerContext, Phase, as_simplex
+
+
+class FixedMixer(Mixer):
+    """Trains at one fixed mixture, in phases of ``interval`` steps with an evaluation after each."""
+
+    name = "static"
+
+    def __init__(self, ctx: MixerContext, weights: np.ndarray, interval: int) -> None:
+        super().__init__(ctx)
+        self.weights = as_simplex(weights, ctx.num_domains, f"{self.name} weights")
+        self.interval = interval
+
+    def next_phase(self, step: int, remaining: int) -> Phase:
+        """One more interval at the fixed weights, evaluated at its end."""
+        return Phase(self.weights, min(self.interval, remaining), evaluate=True)
+
+    def learned_weights(self) -> np.ndarray:
+        """The fixed weights (so any method can write a --mixture-out file)."""
+        return self.weights
+
+
+def stratified(ctx: MixerContext, interval: int) -> FixedMixer:
+    """p = 1/K throughout: the reference every method is compared with."""
+    mixer = FixedMixer(ctx, np.ones(ctx.num_domains), interval)
+    mixer.name = "stratified"
+    return mixer
+
+
+def natural(ctx: MixerContext, interval: int) -> FixedMixer:
+    """p proportional to each domain's train-split token count."""
+    mixer = FixedMixer(ctx, np.asarray(ctx.train_tokens, dtype=np.float64), interval)
+    mixer.name = "natural"
+    return mixer

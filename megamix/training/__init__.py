@@ -1,0 +1,1 @@
+"""Training: configuration, DeepSpeed engine, the phase loop, evaluation, checkpoints, metrics."""
