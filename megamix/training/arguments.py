@@ -1,0 +1,167 @@
+"""Megatron-style command-line flags for pretrain_gpt_mix.py, parsed into a RunConfig."""
+
+from __future__ import annotations
+
+import argparse
+
+from megamix.data.config import DataConfig, parse_data_path, parse_split
+from megamix.model.gpt import GPTConfig
+from megamix.training.config import LoggingConfig, OptimizerConfig, RunConfig, TrainingConfig
+from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that refuses abbreviations (a typo must not silently match a flag)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(allow_abbrev=False, **kw)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--num-layers", type=int, required=True)
+    g.add_argument("--hidden-size", type=int, required=True)
+    g.add_argument("--num-attention-heads", type=int, required=True)
+    g.add_argument("--ffn-hidden-size", type=int, default=None)
+    g.add_argument("--seq-length", type=int, required=True)
+    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute"], default="rope")
+    g.add_argument("--swiglu", dest="activation", action="store_const", const="swiglu", default="swiglu")
+    g.add_argument("--gelu", dest="activation", action="store_const", const="gelu")
+    g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"], default="RMSNorm")
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--rotary-base", type=int, default=10000)
+    g.add_argument("--hidden-dropout", type=float, default=0.0)
+    g.add_argument("--attention-dropout", type=float, default=0.0)
+    g.add_argument("--add-bias-linear", action="store_true")
+    g.add_argument("--fused-kernels", choices=["auto", "apex", "none"], default="auto")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="+", required=True,
+                   help="PREFIX ... or W1 PREFIX1 W2 PREFIX2 ...; a prefix may be NAME=PREFIX")
+    g.add_argument("--split", default="98,1,1")
+    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--eval-samples-per-domain", type=int, default=64)
+    g.add_argument("--test-samples-per-domain", type=int, default=None)
+    g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
+                   choices=["SentencePieceTokenizer", "NullTokenizer"])
+    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary size")
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, required=True)
+    g.add_argument("--global-batch-size", type=int, required=True)
+    g.add_argument("--train-iters", type=int, required=True)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--lr", type=float, required=True)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-decay-style", default="cosine", choices=["cosine", "linear", "constant"])
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--optimizer-impl", choices=["auto", "apex", "torch-fused", "none"], default="auto")
+    g.add_argument("--zero-stage", type=int, default=0)
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--deepspeed", action="store_true", help="accepted for Megatron-DeepSpeed compatibility")
+    g.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None)
+    g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+                   help="set by the deepspeed launcher")
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--eval-interval", type=int, default=None)
+    g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument("--skip-test", action="store_true")
+    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--tensorboard-dir", default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full flag set of pretrain_gpt_mix.py."""
+    p = _Parser(description="Pretrain a GPT with online data mixing (DeepSpeed).")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_training_args(p)
+    add_mixing_args(p)
+    return p
+
+
+def _precision(args: argparse.Namespace) -> str:
+    if args.bf16 and args.fp16:
+        raise ValueError("--bf16 and --fp16 contradict each other: choose one")
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+def _model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
+    div = args.make_vocab_size_divisible_by
+    padded = ((vocab_size + div - 1) // div) * div
+    return GPTConfig(
+        vocab_size=padded, num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size,
+        seq_length=args.max_position_embeddings or args.seq_length,
+        position_embedding_type=args.position_embedding_type, activation=args.activation,
+        normalization=args.normalization, norm_epsilon=args.norm_epsilon,
+        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
+        init_method_std=args.init_method_std, rotary_base=args.rotary_base,
+        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+        add_bias_linear=args.add_bias_linear, fused_kernels=args.fused_kernels,
+    )
+
+
+def _check_tokenizer_args(args: argparse.Namespace) -> None:
+    if args.tokenizer_type == "SentencePieceTokenizer" and not args.tokenizer_model:
+        raise ValueError("--tokenizer-type SentencePieceTokenizer needs --tokenizer-model FILE")
+    if args.tokenizer_type == "NullTokenizer" and not args.vocab_size:
+        raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size N")
+    if args.max_position_embeddings is not None and args.max_position_embeddings < args.seq_length:
+        raise ValueError(f"--max-position-embeddings {args.max_position_embeddings} < --seq-length {args.seq_length}")
+
+
+def config_from_args(args: argparse.Namespace, vocab_size: int) -> RunConfig:
+    """Turn parsed flags into the component configs; ``vocab_size`` comes from the tokenizer."""
+    specs = parse_data_path(args.data_path)
+    weights = [s.weight for s in specs] if specs[0].weight is not None else None
+    data = DataConfig(data_path=specs, split=parse_split(args.split), seq_length=args.seq_length,
+                      seed=args.seed, data_cache_path=args.data_cache_path,
+                      eval_samples_per_domain=args.eval_samples_per_domain)
+    optimizer = OptimizerConfig(
+        lr=args.lr, min_lr=args.min_lr, lr_warmup_iters=args.lr_warmup_iters,
+        lr_decay_style=args.lr_decay_style, lr_decay_iters=args.lr_decay_iters,
+        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps, clip_grad=args.clip_grad, fused=args.optimizer_impl)
+    training = TrainingConfig(
+        micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
+        train_iters=args.train_iters, seed=args.seed, zero_stage=args.zero_stage,
+        precision=_precision(args), deepspeed_config=args.deepspeed_config, save=args.save,
+        load=args.load, save_interval=args.save_interval, eval_interval=args.eval_interval,
+        exit_interval=args.exit_interval, test_samples_per_domain=args.test_samples_per_domain,
+        skip_test=args.skip_test)
+    return RunConfig(
+        model=_model_config(args, vocab_size), data=data, optimizer=optimizer, training=training,
+        mixing=mixing_config_from_args(args, weights),
+        logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir),
+        tokenizer={"type": args.tokenizer_type, "model": args.tokenizer_model, "vocab_size": vocab_size},
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; unknown flags and tokenizer inconsistencies exit with a clear message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _check_tokenizer_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
