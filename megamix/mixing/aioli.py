@@ -1,0 +1,206 @@
+"""Aioli (Chen et al., ICLR 2025): learn A online by short probes, move p by exponentiated gradient.
+
+A round of U steps (MIXING.md): LearnParams (k sweeps of K probes of s steps at the
+probe mixtures q_j, each column B[:, j] += L_before − L_after), solve A = B (Qᵀ)⁻¹,
+normalise, smooth, p ∝ p ⊙ exp(η Σ_i E[i, ·]), then train U − k·K·s steps at p.
+
+The mixer is a small state machine whose whole state is JSON (``state_dict``): the loop
+may checkpoint after any ``next_phase`` and resume straight into ``observe``. The probe
+order of round r is drawn from a generator seeded by (seed, r), so it is never stored.
+
+``loss_source='train'``: L_before of a probe is the per-domain mean *training* loss of the
+phase just before it (the previous probe, or for the first probe of a round the last
+phase before the probes; an 'anchor' phase of s steps at uniform weights is trained when
+there is none or a domain had no tokens in it),
+and L_after is the probe's own mean training loss. Both means are taken over whole
+phases, so each difference measures the progress between two phase midpoints; for the
+first probe the preceding phase may be longer, which overstates that column (documented
+bias of this experimental estimator). Rounds where a domain got no tokens (NaN) are skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megamix.mixing import law
+from megamix.mixing.base import Mixer, MixerContext, Observation, Phase
+from megamix.mixing.config import AioliConfig
+from megamix.mixing.weights_file import read_weights_file
+
+
+def _arr(x):
+    """A float64 array from a JSON list (None stays None)."""
+    return None if x is None else np.asarray(x, dtype=np.float64)
+
+
+def _finite(x) -> bool:
+    """True when ``x`` is an array of finite values (not None)."""
+    return x is not None and bool(np.all(np.isfinite(x)))
+
+
+def _lst(x):
+    """A JSON list from an array (None stays None)."""
+    return None if x is None else np.asarray(x, dtype=np.float64).tolist()
+
+
+class AioliMixer(Mixer):
+    """Aioli: rounds of probes (LearnParams), an EG update of p, and training at p."""
+
+    name = "aioli"
+
+    def __init__(self, ctx: MixerContext, cfg: AioliConfig, interval: int) -> None:
+        super().__init__(ctx)
+        k = ctx.num_domains
+        cfg.check_domains(k)
+        self.cfg = cfg
+        self.interval = interval
+        self.probe_total = cfg.lp_rounds * k * cfg.lp_steps
+        if interval <= self.probe_total:
+            raise ValueError(f"--mixing-update-interval ({interval}) must exceed the probe steps per round "
+                             f"k·K·s = {cfg.lp_rounds}·{k}·{cfg.lp_steps} = {self.probe_total} "
+                             f"(--aioli-lp-rounds × domains × --aioli-lp-steps)")
+        self.q = law.probe_mixtures(k, cfg.one_hot_factor)
+        start = np.full(k, 1.0 / k) if cfg.prior is None else read_weights_file(cfg.prior, ctx.domains)
+        self.p0 = start
+        self.p = start.copy()
+        self.stage = "prior" if cfg.prior_steps > 0 else "start"
+        self.round = 0
+        self.loss = None        # val loss of the model as it is now (None when unknown)
+        self.train_prev = None  # mean train loss of the last phase that trained
+        self.e = None
+        self.cur = None         # the round in progress
+        self.avg_sum = np.zeros(k)
+        self.avg_steps = 0
+
+    # ----------------------------------------------------------------- phases
+    def next_phase(self, step: int, remaining: int) -> Phase:
+        """Prior, evaluation/anchor, probe or training phase, depending on where the round is."""
+        if self.stage == "prior":
+            return Phase(self.p0, self.cfg.prior_steps, evaluate=True, kind="prior")
+        if self.stage == "start":
+            early = self._round_preamble(step, remaining)
+            if early is not None:
+                return early
+        if self.stage == "probe":
+            return self._probe_phase()
+        return Phase(self.p, self.interval - self.probe_total, evaluate=True, kind="train",
+                     info={"round": self.round})
+
+    def _round_preamble(self, step: int, remaining: int) -> Phase | None:
+        """The phase needed before probing (eval or anchor), or None after starting the probes."""
+        info = {"round": self.round}
+        if remaining <= self.probe_total:
+            self.stage = "train"
+            info["reason"] = f"only {remaining} steps left, fewer than a round's probes"
+            return Phase(self.p, remaining, evaluate=True, kind="train", info=info)
+        if self.cfg.loss_source == "val" and self.loss is None:
+            return Phase(self.p, 0, evaluate=True, kind="eval", info=info)
+        if self.cfg.loss_source == "train" and not _finite(self.train_prev):
+            uniform = np.ones(self.ctx.num_domains)
+            return Phase(uniform, self.cfg.lp_steps, evaluate=False, kind="anchor", info=info)
+        self._start_round(step)
+        return None
+
+    def _start_round(self, step: int) -> None:
+        """Begin LearnParams: fresh B, the round's seeded probe order."""
+        k = self.ctx.num_domains
+        rng = np.random.default_rng([self.ctx.seed, 0xA101, self.round])
+        order = np.concatenate([rng.permutation(k) for _ in range(self.cfg.lp_rounds)])
+        self.cur = {"step": step, "order": order.tolist(), "j": 0, "b": np.zeros((k, k)).tolist(),
+                    "weights_before": _lst(self.p), "val_loss_before": _lst(self.loss),
+                    "probe_losses": []}
+        self.stage = "probe"
+
+    def _probe_phase(self) -> Phase:
+        """Probe j of the current round: s steps at q_{order[j]}."""
+        j = self.cur["j"]
+        d = self.cur["order"][j]
+        return Phase(self.q[d], self.cfg.lp_steps, evaluate=self.cfg.loss_source == "val",
+                     kind="probe", info={"round": self.round, "probe": j, "domain": self.ctx.domains[d]})
+
+    # ---------------------------------------------------------------- observe
+    def observe(self, phase: Phase, obs: Observation) -> list[dict]:
+        """Record losses; after the last probe of a round, solve for A and update p."""
+        self.avg_sum += self.p * obs.steps
+        self.avg_steps += obs.steps
+        before = self.loss if self.cfg.loss_source == "val" else self.train_prev
+        if obs.val_loss is not None:
+            self.loss = np.asarray(obs.val_loss, dtype=np.float64)
+        elif obs.steps > 0:
+            self.loss = None
+        if obs.steps > 0:
+            self.train_prev = np.asarray(obs.train_loss, dtype=np.float64)
+        if self.stage == "prior":
+            self.stage = "start"
+        elif self.stage == "train":
+            self.stage = "start"
+        elif self.stage == "probe":
+            return self._observe_probe(phase, obs, before)
+        return []
+
+    def _observe_probe(self, phase: Phase, obs: Observation, before: np.ndarray | None) -> list[dict]:
+        """Add one probe's loss decrease to B; finish the round after the last probe."""
+        if obs.steps < phase.steps:
+            self.stage, self.cur = "train", None
+            return [{"event": "aioli_round", "round": self.round, "step": obs.step,
+                     "skipped": f"probe cut short ({obs.steps} of {phase.steps} steps): run ended"}]
+        after = self.loss if self.cfg.loss_source == "val" else self.train_prev
+        after = np.full(self.ctx.num_domains, np.nan) if after is None else after
+        before = np.full(self.ctx.num_domains, np.nan) if before is None else before
+        cur = self.cur
+        d = cur["order"][cur["j"]]
+        b = np.asarray(cur["b"])
+        b[:, d] += before - after
+        cur["b"] = b.tolist()
+        cur["probe_losses"].append(after.tolist())
+        cur["j"] += 1
+        if cur["j"] < len(cur["order"]):
+            return []
+        return [self._finish_round(obs.step)]
+
+    def _finish_round(self, step: int) -> dict:
+        """Solve for A, normalise, smooth and take the EG step; the round's record."""
+        cur, cfg = self.cur, self.cfg
+        b = np.asarray(cur["b"]) / cfg.lp_rounds
+        a = law.solve_a(b, self.q, diagonal=cfg.diagonal, f=cfg.one_hot_factor)
+        record = {"event": "aioli_round", "round": self.round, "step": step,
+                  "domains": list(self.ctx.domains), "probe_weights": self.q.tolist(), "B": b.tolist(),
+                  "A": a.tolist(), "weights_before": cur["weights_before"],
+                  "val_loss_before": cur["val_loss_before"],
+                  "val_loss_after_probes": _lst(self.loss) if cfg.loss_source == "val" else None,
+                  "probe_order": cur["order"], "probe_losses": cur["probe_losses"],
+                  "update": cfg.update, "eta": cfg.eta, "ema": cfg.ema,
+                  "normalize_a": cfg.normalize_a, "diagonal": cfg.diagonal, "loss_source": cfg.loss_source}
+        if not (np.all(np.isfinite(b)) and np.all(np.isfinite(a))):
+            record.update({"A_normalized": None, "E": _lst(self.e), "weights": _lst(self.p),
+                           "skipped": "non-finite losses in this round's probes; weights kept"})
+        else:
+            an = law.normalize_a(a) if cfg.normalize_a else a
+            self.e = law.ema(self.e, an, cfg.ema)
+            start = self.p if cfg.update == "cumulative" else self.p0
+            self.p = law.eg_step(start, self.e.sum(axis=0), cfg.eta)
+            record.update({"A_normalized": an.tolist(), "E": self.e.tolist(), "weights": self.p.tolist()})
+        self.round += 1
+        self.stage, self.cur = "train", None
+        return record
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (JSON)."""
+        return {"stage": self.stage, "round": self.round, "p": _lst(self.p), "p0": _lst(self.p0),
+                "loss": _lst(self.loss), "train_prev": _lst(self.train_prev), "e": _lst(self.e),
+                "cur": self.cur, "avg_sum": _lst(self.avg_sum), "avg_steps": self.avg_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.stage, self.round = state["stage"], int(state["round"])
+        self.p, self.p0 = _arr(state["p"]), _arr(state["p0"])
+        self.loss, self.train_prev, self.e = _arr(state["loss"]), _arr(state["train_prev"]), _arr(state["e"])
+        self.cur = state["cur"]
+        self.avg_sum, self.avg_steps = _arr(state["avg_sum"]), int(state["avg_steps"])
+
+    def learned_weights(self) -> np.ndarray:
+        """Time-average of p over all steps trained so far (p itself before any step)."""
+        if self.avg_steps == 0:
+            return self.p.copy()
+        return self.avg_sum / self.avg_steps

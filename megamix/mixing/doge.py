@@ -1,0 +1,52 @@
+"""DoGE's proxy run (Fan et al., 2024) as a mixer: sample at w, move w by gradient alignment.
+
+Each phase the loop reports ``"domain_grad_scores"``: per domain j,
+lr_t ⟨g_j, g_val⟩ / mean_j ‖g_j‖ clipped to [0, 5 lr_t], averaged over the phase's steps.
+Then log w ← log w + score / μ; w ← softmax. Sampling uses the current w (as DoGE's proxy
+resamples with its domain weights). A domain with no score (NaN) gets 0. The learned
+weights are the step-weighted average of w_t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megamix.mixing import law
+from megamix.mixing.base import MixerContext, Observation, Phase
+from megamix.mixing.config import DoGEConfig
+from megamix.mixing.doremi import _AveragingMixer
+
+
+def doge_update(w: np.ndarray, scores: np.ndarray, mu: float) -> np.ndarray:
+    """One DoGE update: w ∝ w · exp(score / μ) (NaN scores count as 0)."""
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
+    return law.eg_step(w, s, 1.0 / mu)
+
+
+class DoGEMixer(_AveragingMixer):
+    """DoGE proxy: trains at w and updates w from per-domain gradient-alignment scores."""
+
+    name = "doge"
+
+    def __init__(self, ctx: MixerContext, cfg: DoGEConfig, interval: int) -> None:
+        super().__init__(ctx)
+        self.cfg = cfg
+        self.interval = interval
+
+    def next_phase(self, step: int, remaining: int) -> Phase:
+        """``phase_steps`` steps sampled at w; evaluates every U steps."""
+        steps = self.cfg.phase_steps
+        evaluate = (step + steps) // self.interval > step // self.interval
+        return Phase(self.w, steps, evaluate=evaluate, kind="proxy", signals=("domain_grad_scores",))
+
+    def observe(self, phase: Phase, obs: Observation) -> list[dict]:
+        """Update w from the phase's gradient scores."""
+        scores = obs.signals.get("domain_grad_scores")
+        if scores is None:
+            raise ValueError("doge: the loop did not report the 'domain_grad_scores' signal")
+        before = self.w
+        self.w = doge_update(self.w, scores, self.cfg.mu)
+        self._accumulate(obs.steps)
+        return [{"event": "doge_update", "step": obs.step, "scores": np.asarray(scores).tolist(),
+                 "weights_before": before.tolist(), "weights": self.w.tolist(),
+                 "average": self.learned_weights().tolist()}]
