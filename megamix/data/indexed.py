@@ -318,6 +318,10 @@ class IndexedDatasetBuilder:
         if self._done:
             raise RuntimeError(f"builder for {self._prefix!r} is already finalized or aborted")
 
+    def _check_no_open_document(self, what: str) -> None:
+        if self._doc_idx.view()[-1] != len(self._lengths):
+            raise RuntimeError(f"{what}: call end_document() first; items added with add_item are still open")
+
     def add_item(self, tokens: Iterable[int] | np.ndarray) -> None:
         """Append one sequence (Megatron's two-call form; close the document with ``end_document``)."""
         self._check_open()
@@ -337,9 +341,23 @@ class IndexedDatasetBuilder:
         self.add_item(tokens)
         self.end_document()
 
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append many single-sequence documents at once: ``tokens`` concatenated, ``lengths`` each."""
+        self._check_open()
+        self._check_no_open_document("add_documents")
+        lengths = np.asarray(lengths)
+        arr = self._as_tokens(tokens)
+        if lengths.ndim != 1 or (len(lengths) and int(lengths.min()) < 0) or int(lengths.sum()) != len(arr):
+            raise ValueError(f"lengths must be non-negative and sum to the {len(arr)} tokens given")
+        self._bin.write(arr.tobytes(order="C"))
+        base = len(self._lengths)
+        self._lengths.extend(lengths)
+        self._doc_idx.extend(np.arange(base + 1, base + len(lengths) + 1, dtype=np.int64))
+
     def add_index(self, other_prefix: str) -> None:
         """Append every sequence and document of an existing dataset (same dtype required)."""
         self._check_open()
+        self._check_no_open_document("add_index")
         other = IndexedDataset(other_prefix)
         if other.dtype != self._dtype:
             raise ValueError(f"{idx_path(other_prefix)}: dtype {other.dtype} differs from the builder's "
