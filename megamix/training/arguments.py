@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from megamix.data.config import DataConfig, parse_data_path, parse_split
+from megamix.data.tokenizer import TokenizerConfig
 from megamix.model.gpt import GPTConfig
 from megamix.training.config import LoggingConfig, OptimizerConfig, RunConfig, TrainingConfig
 from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
@@ -120,17 +121,14 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
     )
 
 
-def _check_tokenizer_args(args: argparse.Namespace) -> None:
-    if args.tokenizer_type == "SentencePieceTokenizer" and not args.tokenizer_model:
-        raise ValueError("--tokenizer-type SentencePieceTokenizer needs --tokenizer-model FILE")
-    if args.tokenizer_type == "NullTokenizer" and not args.vocab_size:
-        raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size N")
+def _check_args(args: argparse.Namespace) -> None:
     if args.max_position_embeddings is not None and args.max_position_embeddings < args.seq_length:
         raise ValueError(f"--max-position-embeddings {args.max_position_embeddings} < --seq-length {args.seq_length}")
 
 
-def config_from_args(args: argparse.Namespace, vocab_size: int) -> RunConfig:
-    """Turn parsed flags into the component configs; ``vocab_size`` comes from the tokenizer."""
+def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> RunConfig:
+    """Turn parsed flags into the component configs (the model's vocabulary comes from the tokenizer)."""
+    vocab_size = tokenizer.build().vocab_size
     specs = parse_data_path(args.data_path)
     weights = [s.weight for s in specs] if specs[0].weight is not None else None
     data = DataConfig(data_path=specs, split=parse_split(args.split), seq_length=args.seq_length,
@@ -152,16 +150,17 @@ def config_from_args(args: argparse.Namespace, vocab_size: int) -> RunConfig:
         model=_model_config(args, vocab_size), data=data, optimizer=optimizer, training=training,
         mixing=mixing_config_from_args(args, weights),
         logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir),
-        tokenizer={"type": args.tokenizer_type, "model": args.tokenizer_model, "vocab_size": vocab_size},
+        tokenizer=tokenizer,
     )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; unknown flags and tokenizer inconsistencies exit with a clear message."""
+    """Parse flags; unknown or inconsistent flags exit with a clear message before anything starts."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _check_tokenizer_args(args)
+        _check_args(args)
+        TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
     except ValueError as e:
         parser.error(str(e))
     return args

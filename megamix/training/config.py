@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from megamix.data.config import DataConfig
+from megamix.data.tokenizer import TokenizerConfig
 from megamix.mixing.config import MixingConfig
 from megamix.model.gpt import GPTConfig
 
@@ -145,7 +146,7 @@ class RunConfig:
     training: TrainingConfig
     mixing: MixingConfig
     logging: LoggingConfig
-    tokenizer: dict = field(default_factory=dict)
+    tokenizer: TokenizerConfig
 
     def to_dict(self) -> dict:
         """JSON-able form, written to config.json and every checkpoint."""

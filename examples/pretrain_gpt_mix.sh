@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Pretrain a GPT on several domains with online data mixing, launched by `deepspeed`.
+#
+# Environment variables (all optional; defaults train a tiny model on the fixture data
+# that tools/make_fixture_data.py writes to data/tiny):
+#   DATA_PATH      --data-path value: "PREFIX1 PREFIX2 ..." or "W1 PREFIX1 W2 PREFIX2 ..."
+#                  (a prefix may be NAME=PREFIX)          default: the data/tiny fixture domains
+#   TOKENIZER      "NullTokenizer:VOCAB" or a SentencePiece .model path   default: NullTokenizer:512
+#   RUN_DIR        checkpoints, metrics.jsonl, test_results.json          default: runs/tiny-aioli
+#   METHOD         --mixing-method (aioli, stratified, natural, static, skillit, doremi, doge)
+#                                                                        default: aioli
+#   NUM_GPUS       processes per node (CPU processes when there is no GPU)   default: 2
+#   NUM_NODES / HOSTFILE   passed to the deepspeed launcher when set
+#   MODEL_ARGS     model flags            default: 2 layers, width 64, 4 heads, seq 128
+#   TRAIN_ARGS     batch/length/lr flags  default: micro 4, global 16, 200 iters, lr 3e-3
+#   ZERO_STAGE     DeepSpeed ZeRO stage 0-3                                default: 1
+#   MASTER_PORT    rendezvous port                                         default: 29517
+#   EXTRA_ARGS     anything else, appended last (e.g. "--aioli-lp-steps 4")
+# Re-running the same command resumes from RUN_DIR (it is both --save and --load).
+# With no GPU the run uses DeepSpeed's CPU accelerator: gloo, fp32.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f .venv/bin/activate ] && . .venv/bin/activate
+
+if ! python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    export DS_ACCELERATOR=cpu
+fi
+
+if [ -z "${DATA_PATH:-}" ]; then
+    [ -f data/tiny/code_text_document.idx ] || python tools/make_fixture_data.py --out data/tiny
+    DATA_PATH="data/tiny/code_text_document data/tiny/prose_text_document data/tiny/math_text_document"
+fi
+TOKENIZER=${TOKENIZER:-NullTokenizer:512}
+if [[ "$TOKENIZER" == NullTokenizer:* ]]; then
+    TOKENIZER_ARGS="--tokenizer-type NullTokenizer --vocab-size ${TOKENIZER#NullTokenizer:}"
+else
+    TOKENIZER_ARGS="--tokenizer-type SentencePieceTokenizer --tokenizer-model $TOKENIZER"
+fi
+RUN_DIR=${RUN_DIR:-runs/tiny-aioli}
+METHOD=${METHOD:-aioli}
+NUM_GPUS=${NUM_GPUS:-2}
+ZERO_STAGE=${ZERO_STAGE:-1}
+MODEL_ARGS=${MODEL_ARGS:-"--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 128"}
+TRAIN_ARGS=${TRAIN_ARGS:-"--micro-batch-size 4 --global-batch-size 16 --train-iters 200 --lr 3e-3 \
+--min-lr 3e-4 --lr-warmup-iters 10 --mixing-update-interval 50 --aioli-lp-steps 2 --aioli-lp-rounds 1 \
+--eval-samples-per-domain 16 --save-interval 25 --log-interval 10"}
+
+LAUNCHER=(deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29517}")
+[ -n "${NUM_NODES:-}" ] && LAUNCHER+=(--num_nodes "$NUM_NODES")
+[ -n "${HOSTFILE:-}" ] && LAUNCHER+=(--hostfile "$HOSTFILE")
+
+# shellcheck disable=SC2086
+exec "${LAUNCHER[@]}" pretrain_gpt_mix.py \
+    $MODEL_ARGS $TRAIN_ARGS $TOKENIZER_ARGS \
+    --data-path $DATA_PATH --split 90,5,5 \
+    --mixing-method "$METHOD" --zero-stage "$ZERO_STAGE" \
+    --save "$RUN_DIR" --load "$RUN_DIR" \
+    ${EXTRA_ARGS:-}

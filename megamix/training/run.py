@@ -1,0 +1,153 @@
+"""Assemble a run from its configs, resume it if a checkpoint exists, train, and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import torch
+
+from megamix.data.blend import BlendedDataset
+from megamix.data.domain import build_domain_datasets
+from megamix.data.schedule import MixtureSchedule
+from megamix.mixing.base import MixerContext
+from megamix.mixing.registry import build_mixer
+from megamix.mixing.weights_file import write_weights_file
+from megamix.model.fused import announce
+from megamix.model.gpt import GPT
+from megamix.training.checkpoint import (atomic_write_text, config_differences, find_checkpoint, load_checkpoint,
+                                         rng_state, save_checkpoint, set_rng_state)
+from megamix.training.config import RunConfig
+from megamix.training.distributed import DistInfo
+from megamix.training.engine import build_engine
+from megamix.training.evaluation import Evaluator
+from megamix.training.loop import LoopHooks, LoopState, PhaseLoop
+from megamix.training.metrics import MetricsSink
+from megamix.training.reference import load_reference_model
+from megamix.training.report import test_report
+from megamix.training.step import StepLayout, StepRunner
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (identically on every data-parallel rank, as Megatron does)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _resume_state(cfg: RunConfig) -> tuple[str | None, dict | None]:
+    tag = find_checkpoint(cfg.training.load)
+    if tag is None:
+        return None, None
+    with open(os.path.join(cfg.training.load, tag, "megamix_state.json")) as f:
+        client = json.load(f)
+    diffs = config_differences(client["config"], cfg.to_dict())
+    if diffs:
+        raise ValueError(f"--load {cfg.training.load}: checkpoint {tag} was made with a different configuration; "
+                         "resume with the same command. Differences:\n  " + "\n  ".join(diffs))
+    return tag, client
+
+
+class Run:
+    """Everything one training run is made of, wired together."""
+
+    def __init__(self, cfg: RunConfig, dist_info: DistInfo) -> None:
+        self.cfg = cfg
+        self.dist = dist_info
+        tr = cfg.training
+        seed_everything(tr.seed)
+        self.tag, self.client = _resume_state(cfg)
+        self.train_sets = build_domain_datasets(cfg.data, "train")
+        self.domains = [ds.name for ds in self.train_sets]
+        self.schedule = (MixtureSchedule.from_dict(self.client["schedule"]) if self.client
+                         else MixtureSchedule(self.domains, tr.global_batch_size))
+        self.blend = BlendedDataset(self.train_sets, self.schedule)
+        self.blend.sync()
+        self.model = GPT(cfg.model)
+        self.engine = build_engine(self.model, tr, cfg.optimizer, dist_info.world_size, dist_info.device)
+        self.layout = StepLayout(tr.global_batch_size, tr.micro_batch_size, cfg.data.seq_length, dist_info.rank,
+                                 dist_info.world_size, len(self.domains))
+        self.mixer = build_mixer(cfg.mixing, MixerContext(
+            domains=tuple(self.domains), train_tokens=tuple(int(ds.num_tokens) for ds in self.train_sets),
+            train_iters=tr.train_iters, global_batch_size=tr.global_batch_size, seed=tr.seed))
+        reference = None
+        if cfg.mixing.method == "doremi":
+            reference = load_reference_model(cfg.mixing.doremi.reference, cfg.model, dist_info.device)
+        self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference)
+        valid = build_domain_datasets(cfg.data, "valid")
+        self.evaluator = Evaluator(valid, cfg.data.eval_samples_per_domain, tr.micro_batch_size, dist_info.rank,
+                                   dist_info.world_size, dist_info.device)
+        self.metrics = MetricsSink(tr.save, dist_info.is_main, cfg.logging.tensorboard_dir)
+        self.state = self._restore() if self.tag else LoopState()
+
+    def _restore(self) -> LoopState:
+        load_checkpoint(self.engine, self.cfg.training.load, self.tag)
+        self.mixer.load_state_dict(self.client["mixer"])
+        set_rng_state(self.client["rng"])
+        self.metrics.truncate(self.client["metrics_offset"])
+        state = LoopState.from_dict(self.client["loop"])
+        self.metrics.print(f"resumed from {self.cfg.training.load}/{self.tag} at iteration {state.iteration}")
+        return state
+
+    def _client_state(self, state: LoopState) -> dict:
+        return {"loop": state.to_dict(), "schedule": self.schedule.to_dict(), "mixer": self.mixer.state_dict(),
+                "mixer_name": self.mixer.name, "rng": rng_state(), "metrics_offset": self.metrics.offset(),
+                "config": self.cfg.to_dict(), "domains": self.domains}
+
+    def save(self, state: LoopState) -> None:
+        """Checkpoint (when --save is given) and write the schedule so far beside it."""
+        save_dir = self.cfg.training.save
+        if not save_dir:
+            return
+        save_checkpoint(self.engine, save_dir, state.iteration, self._client_state(state), self.dist.is_main)
+        if self.dist.is_main:
+            self.schedule.save(os.path.join(save_dir, "schedule.json"))
+        self.metrics.print(f"saved checkpoint {save_dir} at iteration {state.iteration}")
+
+    def _hooks(self) -> LoopHooks:
+        tr = self.cfg.training
+        return LoopHooks(
+            save=self.save,
+            should_save=lambda it: bool(tr.save_interval and it % tr.save_interval == 0),
+            should_exit=lambda it: bool(tr.exit_interval and it % tr.exit_interval == 0 and it < tr.train_iters),
+            lr=lambda: float(self.engine.get_lr()[0]),
+        )
+
+    def _write_run_files(self) -> None:
+        save_dir = self.cfg.training.save
+        if save_dir and self.dist.is_main:
+            os.makedirs(save_dir, exist_ok=True)
+            atomic_write_text(os.path.join(save_dir, "config.json"),
+                              json.dumps({**self.cfg.to_dict(), "domains": self.domains}, indent=2))
+
+    def train(self) -> bool:
+        """Run the phase loop; True when the run reached --train-iters."""
+        announce(self.metrics.print)
+        self._write_run_files()
+        loop = PhaseLoop(self.mixer, self.runner, self.blend, self.schedule, self.evaluator, self.engine,
+                         self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
+                         self.cfg.training.eval_interval, self._hooks())
+        self.state = loop.run(self.state)
+        finished = self.state.iteration >= self.cfg.training.train_iters and self.state.phase is None
+        if finished:
+            self._finish()
+        return finished
+
+    def _finish(self) -> None:
+        tr = self.cfg.training
+        if tr.save and not (tr.save_interval and self.state.iteration % tr.save_interval == 0):
+            self.save(self.state)
+        learned = self.mixer.learned_weights()
+        if self.cfg.mixing.mixture_out and learned is not None and self.dist.is_main:
+            write_weights_file(self.cfg.mixing.mixture_out, self.domains, learned,
+                               {"method": self.mixer.name, "steps": self.state.iteration})
+        if not tr.skip_test:
+            test_sets = build_domain_datasets(self.cfg.data, "test")
+            n = tr.test_samples_per_domain or 4096
+            evaluator = Evaluator(test_sets, n, tr.micro_batch_size, self.dist.rank, self.dist.world_size,
+                                  self.dist.device)
+            test_report(evaluator.evaluate(self.engine), self.domains, self.state.iteration, self.metrics,
+                        tr.save if self.dist.is_main else None)
+        self.metrics.close()
