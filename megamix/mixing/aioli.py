@@ -8,14 +8,13 @@ The mixer is a small state machine whose whole state is JSON (``state_dict``): t
 may checkpoint after any ``next_phase`` and resume straight into ``observe``. The probe
 order of round r is drawn from a generator seeded by (seed, r), so it is never stored.
 
-``loss_source='train'``: L_before of a probe is the per-domain mean *training* loss of the
-phase just before it (the previous probe, or for the first probe of a round the last
-phase before the probes; an 'anchor' phase of s steps at uniform weights is trained when
-there is none or a domain had no tokens in it),
-and L_after is the probe's own mean training loss. Both means are taken over whole
-phases, so each difference measures the progress between two phase midpoints; for the
-first probe the preceding phase may be longer, which overstates that column (documented
-bias of this experimental estimator). Rounds where a domain got no tokens (NaN) are skipped.
+``loss_source='train'``: no validation passes. Each probe is issued as two phases (its
+first and second half, same mixture q_j), and the loop reports each phase's per-domain
+mean training loss. "L_before" is the first half's mean, "L_after" the second half's: under
+the linear law their difference is exactly (s/2)·A q_j whatever the halves' lengths, so the
+column gets 2·(L_first − L_second). This keeps every column attributable to its own probe
+(a difference with the previous phase would mix two mixtures) and costs no extra steps.
+Needs s >= 2. A round where a domain had no tokens in some half (NaN) keeps the weights.
 """
 
 from __future__ import annotations
@@ -31,11 +30,6 @@ from megamix.mixing.weights_file import read_weights_file
 def _arr(x):
     """A float64 array from a JSON list (None stays None)."""
     return None if x is None else np.asarray(x, dtype=np.float64)
-
-
-def _finite(x) -> bool:
-    """True when ``x`` is an array of finite values (not None)."""
-    return x is not None and bool(np.all(np.isfinite(x)))
 
 
 def _lst(x):
@@ -55,6 +49,9 @@ class AioliMixer(Mixer):
         self.cfg = cfg
         self.interval = interval
         self.probe_total = cfg.lp_rounds * k * cfg.lp_steps
+        if cfg.loss_source == "train" and cfg.lp_steps < 2:
+            raise ValueError(f"--aioli-loss-source train needs --aioli-lp-steps >= 2 (each probe is measured "
+                             f"in two halves), got {cfg.lp_steps}")
         if interval <= self.probe_total:
             raise ValueError(f"--mixing-update-interval ({interval}) must exceed the probe steps per round "
                              f"k·K·s = {cfg.lp_rounds}·{k}·{cfg.lp_steps} = {self.probe_total} "
@@ -66,7 +63,6 @@ class AioliMixer(Mixer):
         self.stage = "prior" if cfg.prior_steps > 0 else "start"
         self.round = 0
         self.loss = None        # val loss of the model as it is now (None when unknown)
-        self.train_prev = None  # mean train loss of the last phase that trained
         self.e = None
         self.cur = None         # the round in progress
         self.avg_sum = np.zeros(k)
@@ -74,7 +70,7 @@ class AioliMixer(Mixer):
 
     # ----------------------------------------------------------------- phases
     def next_phase(self, step: int, remaining: int) -> Phase:
-        """Prior, evaluation/anchor, probe or training phase, depending on where the round is."""
+        """Prior, evaluation, probe or training phase, depending on where the round is."""
         if self.stage == "prior":
             return Phase(self.p0, self.cfg.prior_steps, evaluate=True, kind="prior")
         if self.stage == "start":
@@ -87,7 +83,7 @@ class AioliMixer(Mixer):
                      info={"round": self.round})
 
     def _round_preamble(self, step: int, remaining: int) -> Phase | None:
-        """The phase needed before probing (eval or anchor), or None after starting the probes."""
+        """The phase needed before probing (tail or eval), or None after starting the probes."""
         info = {"round": self.round}
         if remaining <= self.probe_total:
             self.stage = "train"
@@ -95,9 +91,6 @@ class AioliMixer(Mixer):
             return Phase(self.p, remaining, evaluate=True, kind="train", info=info)
         if self.cfg.loss_source == "val" and self.loss is None:
             return Phase(self.p, 0, evaluate=True, kind="eval", info=info)
-        if self.cfg.loss_source == "train" and not _finite(self.train_prev):
-            uniform = np.ones(self.ctx.num_domains)
-            return Phase(uniform, self.cfg.lp_steps, evaluate=False, kind="anchor", info=info)
         self._start_round(step)
         return None
 
@@ -106,30 +99,33 @@ class AioliMixer(Mixer):
         k = self.ctx.num_domains
         rng = np.random.default_rng([self.ctx.seed, 0xA101, self.round])
         order = np.concatenate([rng.permutation(k) for _ in range(self.cfg.lp_rounds)])
-        self.cur = {"step": step, "order": order.tolist(), "j": 0, "b": np.zeros((k, k)).tolist(),
+        self.cur = {"step": step, "order": order.tolist(), "j": 0, "half": 0, "first_half": None,
+                    "b": np.zeros((k, k)).tolist(),
                     "weights_before": _lst(self.p), "val_loss_before": _lst(self.loss),
                     "probe_losses": []}
         self.stage = "probe"
 
     def _probe_phase(self) -> Phase:
         """Probe j of the current round: s steps at q_{order[j]}."""
-        j = self.cur["j"]
+        j, s = self.cur["j"], self.cfg.lp_steps
         d = self.cur["order"][j]
-        return Phase(self.q[d], self.cfg.lp_steps, evaluate=self.cfg.loss_source == "val",
-                     kind="probe", info={"round": self.round, "probe": j, "domain": self.ctx.domains[d]})
+        info = {"round": self.round, "probe": j, "domain": self.ctx.domains[d]}
+        if self.cfg.loss_source == "val":
+            return Phase(self.q[d], s, evaluate=True, kind="probe", info=info)
+        info["half"] = self.cur["half"]
+        steps = s // 2 if self.cur["half"] == 0 else s - s // 2
+        return Phase(self.q[d], steps, evaluate=False, kind="probe", info=info)
 
     # ---------------------------------------------------------------- observe
     def observe(self, phase: Phase, obs: Observation) -> list[dict]:
         """Record losses; after the last probe of a round, solve for A and update p."""
         self.avg_sum += self.p * obs.steps
         self.avg_steps += obs.steps
-        before = self.loss if self.cfg.loss_source == "val" else self.train_prev
+        before = self.loss
         if obs.val_loss is not None:
             self.loss = np.asarray(obs.val_loss, dtype=np.float64)
         elif obs.steps > 0:
             self.loss = None
-        if obs.steps > 0:
-            self.train_prev = np.asarray(obs.train_loss, dtype=np.float64)
         if self.stage == "prior":
             self.stage = "start"
         elif self.stage == "train":
@@ -139,18 +135,26 @@ class AioliMixer(Mixer):
         return []
 
     def _observe_probe(self, phase: Phase, obs: Observation, before: np.ndarray | None) -> list[dict]:
-        """Add one probe's loss decrease to B; finish the round after the last probe."""
+        """Add one probe's loss decrease to B (train source: after its second half); finish the round."""
         if obs.steps < phase.steps:
             self.stage, self.cur = "train", None
             return [{"event": "aioli_round", "round": self.round, "step": obs.step,
                      "skipped": f"probe cut short ({obs.steps} of {phase.steps} steps): run ended"}]
-        after = self.loss if self.cfg.loss_source == "val" else self.train_prev
-        after = np.full(self.ctx.num_domains, np.nan) if after is None else after
-        before = np.full(self.ctx.num_domains, np.nan) if before is None else before
         cur = self.cur
+        if self.cfg.loss_source == "val":
+            after = self.loss
+            decrease = before - after
+        else:
+            train = np.asarray(obs.train_loss, dtype=np.float64)
+            if cur["half"] == 0:
+                cur["half"], cur["first_half"] = 1, train.tolist()
+                return []
+            after = train
+            decrease = 2.0 * (np.asarray(cur["first_half"]) - train)
+            cur["half"], cur["first_half"] = 0, None
         d = cur["order"][cur["j"]]
         b = np.asarray(cur["b"])
-        b[:, d] += before - after
+        b[:, d] += decrease
         cur["b"] = b.tolist()
         cur["probe_losses"].append(after.tolist())
         cur["j"] += 1
@@ -188,14 +192,14 @@ class AioliMixer(Mixer):
     def state_dict(self) -> dict:
         """Everything needed to continue exactly (JSON)."""
         return {"stage": self.stage, "round": self.round, "p": _lst(self.p), "p0": _lst(self.p0),
-                "loss": _lst(self.loss), "train_prev": _lst(self.train_prev), "e": _lst(self.e),
+                "loss": _lst(self.loss), "e": _lst(self.e),
                 "cur": self.cur, "avg_sum": _lst(self.avg_sum), "avg_steps": self.avg_steps}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.stage, self.round = state["stage"], int(state["round"])
         self.p, self.p0 = _arr(state["p"]), _arr(state["p0"])
-        self.loss, self.train_prev, self.e = _arr(state["loss"]), _arr(state["train_prev"]), _arr(state["e"])
+        self.loss, self.e = _arr(state["loss"]), _arr(state["e"])
         self.cur = state["cur"]
         self.avg_sum, self.avg_steps = _arr(state["avg_sum"]), int(state["avg_steps"])
 

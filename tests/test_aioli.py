@@ -1,0 +1,191 @@
+"""Aioli against the simulated linear-law environment: what it learns, logs and resumes."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sim_env import LinearLawEnv, drive  # noqa: E402
+
+from megamix.mixing import law  # noqa: E402
+from megamix.mixing.aioli import AioliMixer  # noqa: E402
+from megamix.mixing.base import MixerContext  # noqa: E402
+from megamix.mixing.config import AioliConfig  # noqa: E402
+from megamix.mixing.weights_file import write_weights_file  # noqa: E402
+
+DOMAINS = ("code", "law", "math")
+A_TRUE = np.array([[1.0, 0.2, 0.0], [0.1, 0.5, 0.0], [0.0, 0.3, 2.0]])
+SCALE = 1e-3
+
+
+def ctx(seed=0):
+    return MixerContext(DOMAINS, (10, 20, 30), 2000, 8, seed)
+
+
+def run(cfg=None, total=1000, interval=200, noise=0.0, roundtrip=False, seed=0, env=None):
+    cfg = cfg or AioliConfig()
+    make = lambda: AioliMixer(ctx(seed), cfg, interval)  # noqa: E731
+    env = env or LinearLawEnv(A_TRUE, [5.0, 5.0, 5.0], noise, seed=1, scale=SCALE)
+    record = []
+    mixer, events = drive(make(), env, total, roundtrip=roundtrip, make_mixer=make, record=record)
+    json.dumps(events)
+    return mixer, [e for e in events if e["event"] == "aioli_round"], record
+
+
+def test_learn_params_recovers_a():
+    _, rounds, _ = run(noise=2e-5)
+    for r in rounds:
+        np.testing.assert_allclose(np.asarray(r["A"]) / (SCALE * 10), A_TRUE, atol=0.15)
+
+
+def test_eg_moves_toward_law_optimum_and_beats_uniform():
+    mixer, rounds, _ = run(total=2000)
+    best = int(np.argmax(A_TRUE.sum(axis=0)))  # linear law: the vertex with the largest column sum
+    w = [r["weights"][best] for r in rounds]
+    assert all(b > a for a, b in zip(w, w[1:])) and w[-1] > 0.6
+    env_u = LinearLawEnv(A_TRUE, [5.0] * 3, 0.0, scale=SCALE)
+    env_u.train(np.full(3, 1 / 3), 2000)
+    env_a = LinearLawEnv(A_TRUE, [5.0] * 3, 0.0, scale=SCALE)
+    drive(AioliMixer(ctx(), AioliConfig(), 200), env_a, 2000)
+    assert env_a.loss.mean() < env_u.loss.mean()
+    assert mixer.learned_weights()[best] > 1 / 3
+
+
+def test_round_record_recomputes():
+    cfg = AioliConfig(ema=0.3, eta=2.0)
+    _, rounds, _ = run(cfg, noise=1e-4)
+    e_prev = None
+    for r in rounds:
+        q, b = np.asarray(r["probe_weights"]), np.asarray(r["B"])
+        np.testing.assert_allclose(q, law.probe_mixtures(3, 0.75))
+        a = b @ np.linalg.inv(q.T)
+        np.testing.assert_allclose(r["A"], a, atol=1e-12)
+        shifted = a - min(a.min(), 0)
+        np.testing.assert_allclose(r["A_normalized"], shifted / shifted.sum(), atol=1e-12)
+        e = np.asarray(r["A_normalized"]) if e_prev is None else 0.7 * np.asarray(r["A_normalized"]) + 0.3 * e_prev
+        np.testing.assert_allclose(r["E"], e, atol=1e-12)
+        p = np.asarray(r["weights_before"]) * np.exp(2.0 * e.sum(axis=0))
+        np.testing.assert_allclose(r["weights"], p / p.sum(), atol=1e-12)
+        assert sorted(r["probe_order"]) == sorted(list(range(3)) * 2) and len(r["probe_losses"]) == 6
+        e_prev = e
+    for r1, r2 in zip(rounds, rounds[1:]):
+        assert r2["weights_before"] == r1["weights"]
+
+
+def test_b_columns_are_loss_decreases_of_probes():
+    _, rounds, record = run(total=200)
+    r = rounds[0]
+    losses = [r["val_loss_before"]] + r["probe_losses"]
+    b = np.zeros((3, 3))
+    for j, d in enumerate(r["probe_order"]):
+        b[:, d] += np.asarray(losses[j]) - np.asarray(losses[j + 1])
+    np.testing.assert_allclose(r["B"], b / 2)
+    kinds = [x["kind"] for x in record]
+    assert kinds == ["eval"] + ["probe"] * 6 + ["train"]
+    assert [x["steps"] for x in record] == [0] + [10] * 6 + [140]
+
+
+def test_normalisation_off_and_f_one_and_diagonal():
+    _, rounds, _ = run(AioliConfig(normalize_a=False))
+    assert rounds[0]["A_normalized"] == rounds[0]["A"]
+    _, rounds, _ = run(AioliConfig(one_hot_factor=1.0))
+    np.testing.assert_allclose(rounds[0]["A"], rounds[0]["B"])
+    _, rounds, _ = run(AioliConfig(diagonal=True))
+    b = np.asarray(rounds[0]["B"])
+    np.testing.assert_allclose(rounds[0]["A"], np.diag(np.diag(b) / 0.75))
+
+
+def test_reset_update_starts_from_uniform_each_round():
+    _, rounds, _ = run(AioliConfig(update="reset", ema=0.5))
+    for r in rounds:
+        p = np.exp(1.0 * np.asarray(r["E"]).sum(axis=0))
+        np.testing.assert_allclose(r["weights"], p / p.sum(), atol=1e-12)
+
+
+def test_prior_trains_first_and_anchors_eg(tmp_path):
+    prior = [0.6, 0.3, 0.1]
+    path = str(tmp_path / "prior.json")
+    write_weights_file(path, DOMAINS, prior)
+    _, rounds, record = run(AioliConfig(prior=path, prior_steps=50, update="reset"), total=650)
+    assert record[0]["kind"] == "prior" and record[0]["steps"] == 50
+    np.testing.assert_allclose(record[0]["weights"], prior)
+    assert record[1]["kind"] == "probe"  # the prior's end-of-phase eval is reused
+    np.testing.assert_allclose(rounds[0]["weights_before"], prior)
+    for r in rounds:
+        p = np.asarray(prior) * np.exp(np.asarray(r["E"]).sum(axis=0))
+        np.testing.assert_allclose(r["weights"], p / p.sum(), atol=1e-12)
+
+
+@pytest.mark.parametrize("source", ["val", "train"])
+def test_resume_at_every_phase_boundary_is_identical(source):
+    cfg = AioliConfig(loss_source=source, ema=0.2)
+    m1, r1, rec1 = run(cfg, total=730, noise=1e-4)
+    m2, r2, rec2 = run(cfg, total=730, noise=1e-4, roundtrip=True)
+    assert r1 == r2 and rec1 == rec2 and len(r1) == 4
+    np.testing.assert_allclose(m1.learned_weights(), m2.learned_weights())
+    assert sum(x["steps"] for x in rec1) == 730
+
+
+def test_train_loss_source_estimates_a():
+    _, rounds, record = run(AioliConfig(loss_source="train"))
+    assert not any(x["kind"] == "eval" for x in record) and record[0]["steps"] == 5
+    for r in rounds:
+        np.testing.assert_allclose(np.asarray(r["A"]) / (SCALE * 10), A_TRUE, atol=1e-9)
+    _, rounds, _ = run(AioliConfig(loss_source="train", lp_steps=7), interval=300)
+    np.testing.assert_allclose(np.asarray(rounds[0]["A"]) / (SCALE * 7), A_TRUE, atol=1e-9)
+    with pytest.raises(ValueError, match="--aioli-lp-steps >= 2"):
+        AioliConfig_ = AioliConfig(loss_source="train", lp_steps=1)
+        AioliMixer(ctx(), AioliConfig_, 200)
+
+
+class NaNEnv(LinearLawEnv):
+    """Reports NaN validation loss for one domain during a window of steps."""
+
+    def __init__(self, *args, bad=(220, 240), **kw):
+        super().__init__(*args, **kw)
+        self.bad, self.t = bad, 0
+
+    def train(self, p, steps, signals=()):
+        self.t += steps
+        return super().train(p, steps, signals)
+
+    def evaluate(self):
+        v = super().evaluate()
+        if self.bad[0] <= self.t < self.bad[1]:
+            v[1] = np.nan
+        return v
+
+
+def test_non_finite_round_keeps_weights():
+    env = NaNEnv(A_TRUE, [5.0] * 3, 0.0, scale=SCALE)
+    _, rounds, _ = run(total=800, env=env)
+    assert "skipped" in rounds[1] and rounds[1]["weights"] == rounds[1]["weights_before"]
+    assert "skipped" not in rounds[2] and rounds[2]["weights"] != rounds[2]["weights_before"]
+
+
+def test_short_run_and_cut_rounds():
+    mixer, rounds, record = run(total=250)
+    assert sum(x["steps"] for x in record) == 250 and len(rounds) == 1
+    _, rounds, record = run(total=30)  # fewer steps than one round's probes: trains at p
+    assert [x["kind"] for x in record] == ["train"] and record[0]["steps"] == 30
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="--mixing-update-interval"):
+        AioliMixer(ctx(), AioliConfig(), 60)
+    with pytest.raises(ValueError, match="one-hot-factor"):
+        AioliMixer(ctx(), AioliConfig(one_hot_factor=0.3), 200)
+    with pytest.raises(ValueError, match="--aioli-prior"):
+        AioliConfig(prior_steps=10)
+    with pytest.raises(ValueError, match="--aioli-update"):
+        AioliConfig(update="sometimes")
+
+
+def test_seed_changes_probe_order_only():
+    _, a, _ = run(seed=0)
+    _, b, _ = run(seed=5)
+    assert [r["probe_order"] for r in a] != [r["probe_order"] for r in b]
+    np.testing.assert_allclose(a[0]["A"], b[0]["A"], atol=1e-9)
