@@ -134,8 +134,8 @@ def read_chunks(files: list[str], chunk_bytes: int) -> Iterator[tuple[int, int, 
                 yield fi, first, lines
 
 
-def _parse(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str, str]:
-    """Texts of one line per key, or (None, error kind, message)."""
+def parse_line(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str, str]:
+    """The texts of one jsonl line, one per key, or (None, error kind, message)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -194,7 +194,7 @@ def process_chunk(chunk: tuple[int, int, list[bytes]]) -> dict:
         if not line.strip():
             continue
         docs += 1
-        values, kind, msg = _parse(line, keys)
+        values, kind, msg = parse_line(line, keys)
         if values is None:
             errors.append((kind, lineno, msg))
             continue
