@@ -179,3 +179,38 @@ def test_cache_files_reused_and_described(tmp_path, monkeypatch):
         assert isinstance(b, np.memmap)
         np.testing.assert_array_equal(a, b)
     assert {p: os.stat(p).st_mtime_ns for p in paths.values()} == mtimes
+
+
+# ---------------------------------------------------------------- two ranks (gloo)
+def _gloo_worker(rank: int, prefix: str, cache: str, out: str, init_file: str) -> None:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        if rank == 0:
+            time.sleep(1.0)  # rank 1 reaches the cache first and must wait for rank 0
+        else:
+            def refuse(self, epoch):
+                raise AssertionError(f"rank 1 built epoch {epoch}; only rank 0 may build")
+            DomainDataset._write_epoch = refuse
+        ds = DomainDataset(prefix, "a", 0, "train", 16, SPLIT, 1, cache)
+        ds.prepare(3 * len(ds))  # epochs 1 and 2, collectively
+        arrays = [np.asarray(a) for e in range(3) for a in ds.epoch_arrays(e)]
+        np.savez(os.path.join(out, f"rank{rank}.npz"), *arrays,
+                 tokens=ds.get_batch(np.arange(3 * len(ds)))["tokens"])
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_rank0_builds_rank1_reads(tmp_path):
+    import torch.multiprocessing as mp
+    prefix = write_domain(tmp_path, "a")
+    cache = str(tmp_path / "cache")
+    mp.spawn(_gloo_worker, args=(prefix, cache, str(tmp_path), str(tmp_path / "init")), nprocs=2, join=True)
+    r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+    assert sorted(r0.files) == sorted(r1.files) and len(r0.files) == 10
+    for key in r0.files:
+        np.testing.assert_array_equal(r0[key], r1[key])
+    reference = DomainDataset(prefix, "a", 0, "train", 16, SPLIT, 1, str(tmp_path / "fresh"))
+    np.testing.assert_array_equal(r0["arr_2"], reference.build_epoch(0)[2])
+    assert len([f for f in os.listdir(cache) if f.endswith(".json")]) == 3
