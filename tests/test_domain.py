@@ -176,7 +176,7 @@ def test_cache_files_reused_and_described(tmp_path, monkeypatch):
     time.sleep(0.01)
     second = _ds(prefix, tmp_path)
     for a, b in zip(first.epoch_arrays(0), second.epoch_arrays(0)):
-        assert isinstance(b, np.memmap)
+        assert isinstance(b.base, np.memmap)  # memory-mapped from the cache, not rebuilt
         np.testing.assert_array_equal(a, b)
     assert {p: os.stat(p).st_mtime_ns for p in paths.values()} == mtimes
 

@@ -92,16 +92,12 @@ class BlendedDataset:
         gs = np.asarray(gs, dtype=np.int64).reshape(-1)
         domains, samples = self._locate(gs)
         seq = self.datasets[0].seq_length
-        out = {"tokens": np.empty((len(gs), seq), dtype=np.int64),
-               "labels": np.empty((len(gs), seq), dtype=np.int64),
-               "loss_mask": np.empty((len(gs), seq), dtype=np.float32),
-               "domain_id": np.empty(len(gs), dtype=np.int64)}
+        windows = np.empty((len(gs), seq + 1), dtype=np.int64)
         for d in np.unique(domains).tolist():
             rows = np.flatnonzero(domains == d)
-            part = self.datasets[d].get_batch(samples[rows])
-            for key, value in part.items():
-                out[key][rows] = value
-        return out
+            self.datasets[d].read_windows(samples[rows], windows, rows)
+        return {"tokens": windows[:, :-1], "labels": windows[:, 1:],
+                "loss_mask": np.ones((len(gs), seq), dtype=np.float32), "domain_id": domains}
 
     def domain_ids(self, start: int, stop: int) -> np.ndarray:
         """Domain of each global sample in ``[start, stop)`` (int64)."""

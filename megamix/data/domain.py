@@ -113,7 +113,7 @@ class DomainDataset:
         self._indexed = IndexedDataset(self.prefix)
         self._sizes = np.ascontiguousarray(self._indexed.sequence_lengths, dtype=np.int32)
         self._starts = self._indexed.sequence_pointers // self._indexed.dtype.itemsize
-        self._tokens = np.memmap(bin_path(self.prefix), dtype=self._indexed.dtype, mode="r") \
+        self._tokens = np.memmap(bin_path(self.prefix), dtype=self._indexed.dtype, mode="r").view(np.ndarray) \
             if self._indexed.num_tokens else np.zeros(0, dtype=self._indexed.dtype)
         idx = split_documents(len(self._sizes), self.split_weights, self.seed, self.name)
         self.documents = idx[self.split]
@@ -213,7 +213,7 @@ class DomainDataset:
         if not self.is_cached(epoch):
             self._write_epoch(epoch)
         paths = self.cache_paths(epoch)
-        arrays = tuple(np.load(paths[a], mmap_mode="r", allow_pickle=False) for a in _ARRAYS)
+        arrays = tuple(np.load(paths[a], mmap_mode="r", allow_pickle=False).view(np.ndarray) for a in _ARRAYS)
         self._epochs[epoch] = arrays  # type: ignore[assignment]
         if len(self._epochs) > _LRU_EPOCHS:
             self._epochs.popitem(last=False)
@@ -240,6 +240,18 @@ class DomainDataset:
         s = int(self._starts[doc])
         return self._tokens[s:s + int(self._sizes[doc])]
 
+    def _fill_windows(self, out: np.ndarray, rows: np.ndarray, epoch: tuple[np.ndarray, np.ndarray],
+                      js: np.ndarray) -> None:
+        """Write windows ``js`` of one epoch into ``out[rows]``: one gather for single-document windows."""
+        doc_idx, sample_idx = epoch
+        first, last = sample_idx[js], sample_idx[js + 1]
+        single = first[:, 0] == last[:, 0]
+        if single.any():
+            begin = self._starts[doc_idx[first[single, 0]]] + first[single, 1]
+            out[rows[single]] = self._tokens[begin[:, None] + np.arange(self.seq_length + 1)]
+        for row, j in zip(rows[~single].tolist(), js[~single].tolist()):
+            out[row] = self._window(doc_idx, sample_idx, j)
+
     def window(self, k: int) -> np.ndarray:
         """The raw ``seq_length + 1`` token window of domain sample k (native token dtype)."""
         self._check_k(np.asarray([k]))
@@ -252,18 +264,22 @@ class DomainDataset:
         return {"tokens": tokens[:-1], "labels": tokens[1:],
                 "loss_mask": np.ones(self.seq_length, dtype=np.float32), "domain_id": self.domain_id}
 
+    def read_windows(self, ks: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
+        """Write the ``seq_length + 1`` token windows of domain samples ``ks`` into ``out[rows]``."""
+        self._check_k(ks)
+        epochs, local = np.divmod(ks, self.samples_per_epoch)
+        first, last = int(epochs.min()), int(epochs.max())
+        for epoch in range(first, last + 1) if last - first < 8 else np.unique(epochs).tolist():
+            doc_idx, sample_idx, shuffle = self.epoch_arrays(epoch)
+            sel = slice(None) if first == last else epochs == epoch
+            self._fill_windows(out, rows[sel], (doc_idx, sample_idx), shuffle[local[sel]])
+
     def get_batch(self, ks: np.ndarray) -> dict[str, np.ndarray]:
         """Samples ``ks`` stacked: tokens/labels int64[B, seq], loss_mask float32[B, seq], domain_id int64[B]."""
         ks = np.asarray(ks, dtype=np.int64).reshape(-1)
-        self._check_k(ks)
         windows = np.empty((len(ks), self.seq_length + 1), dtype=np.int64)
-        epochs, local = np.divmod(ks, self.samples_per_epoch)
-        for epoch in np.unique(epochs):
-            doc_idx, sample_idx, shuffle = self.epoch_arrays(int(epoch))
-            rows = np.flatnonzero(epochs == epoch)
-            js = np.asarray(shuffle[local[rows]])
-            for row, j in zip(rows.tolist(), js.tolist()):
-                windows[row] = self._window(doc_idx, sample_idx, j)
+        if len(ks):
+            self.read_windows(ks, windows, np.arange(len(ks)))
         return {"tokens": windows[:, :-1], "labels": windows[:, 1:],
                 "loss_mask": np.ones((len(ks), self.seq_length), dtype=np.float32),
                 "domain_id": np.full(len(ks), self.domain_id, dtype=np.int64)}

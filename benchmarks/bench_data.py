@@ -1,0 +1,118 @@
+"""Data-pipeline speed: blending indices (C++ vs numpy), blended reads vs raw reads, preprocessing.
+
+Prints ratios; not a test. ``python benchmarks/bench_data.py [--skip-preprocess] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from megamix.data.blend import BlendedDataset  # noqa: E402
+from megamix.data.domain import DomainDataset  # noqa: E402
+from megamix.data.helpers import build_blending_indices, build_blending_indices_reference  # noqa: E402
+from megamix.data.indexed import IndexedDataset, bin_path  # noqa: E402
+from megamix.data.sampler import MegatronPretrainingSampler  # noqa: E402
+from megamix.data.schedule import MixtureSchedule  # noqa: E402
+
+ASSUMED_STEP_S = 0.5  # GPU seconds per optimizer step assumed for the phase-share figure
+
+
+def _best_time(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_blending(quick: bool) -> None:
+    """samples/s of the C++ blend vs the numpy reference, and one phase's cost as a share of training."""
+    rng = np.random.default_rng(0)
+    for k in (7, 1000):
+        w = rng.random(k)
+        n_cpp, n_ref = 102_400, (5_000 if quick else 20_000) // (10 if k == 1000 else 1)
+        t_cpp = _best_time(lambda: build_blending_indices(w, n_cpp))
+        t_ref = _best_time(lambda: build_blending_indices_reference(w, n_ref), repeat=1)
+        cpp, ref = n_cpp / t_cpp, n_ref / t_ref
+        print(f"build_blending_indices K={k:4d}: C++ {cpp:,.0f} samples/s, numpy reference {ref:,.0f} samples/s, "
+              f"ratio {cpp / ref:,.0f}x")
+    steps, gbs = 200, 512
+    t = _best_time(lambda: build_blending_indices(rng.random(7), steps * gbs))
+    phase_s = steps * ASSUMED_STEP_S
+    print(f"one phase segment ({steps} steps x global batch {gbs} = {steps * gbs:,} samples, K=7): "
+          f"{t * 1e3:.2f} ms = {100 * t / phase_s:.4f}% of the phase's training time "
+          f"(assuming {steps} steps x {ASSUMED_STEP_S} s/step on a GPU; target <= 1%)")
+
+
+def _write_big_domains(tmp: str, names: list[str], docs: int) -> list[str]:
+    from data_fixtures import write_domain
+    return [write_domain(tmp, n, num_docs=docs, mean_len=600, vocab_size=32000, seed=1) for n in names]
+
+
+def bench_reads(quick: bool) -> None:
+    """samples/s read through BlendedDataset + sampler vs raw windows straight from the IndexedDataset."""
+    seq, micro, gbs, steps = 1024, 8, 64, (10 if quick else 40)
+    names = [f"d{i}" for i in range(7)]
+    with tempfile.TemporaryDirectory() as tmp:
+        prefixes = _write_big_domains(tmp, names, 300 if quick else 1000)
+        datasets = [DomainDataset(p, n, i, "train", seq, (0.98, 0.01, 0.01), 1, os.path.join(tmp, "cache"))
+                    for i, (p, n) in enumerate(zip(prefixes, names))]
+        schedule = MixtureSchedule(names, global_batch_size=gbs)
+        schedule.append(steps * gbs, np.random.default_rng(0).random(7))
+        blend = BlendedDataset(datasets, schedule)
+        sampler = MegatronPretrainingSampler(0, micro, 0, 1, gbs, total_samples=len(blend))
+        t_blend = _best_time(lambda: [blend.get_batch(np.asarray(mb)) for mb in sampler])
+        n = len(blend)
+        raw = [np.memmap(bin_path(p), dtype=IndexedDataset(p).dtype, mode="r") for p in prefixes]
+        t_raw = _best_time(lambda: _raw_reads(raw, n, seq))
+    print(f"reads at seq_length {seq}: BlendedDataset+sampler {n / t_blend:,.0f} samples/s, raw IndexedDataset "
+          f"windows {n / t_raw:,.0f} samples/s, ratio {t_raw / t_blend:.2f} (1.0 = no overhead)")
+
+
+def _raw_reads(raw: list[np.ndarray], n: int, seq: int) -> None:
+    """Read n int64 (seq+1)-token windows straight from the token files, round robin, in file order."""
+    out = np.empty((n, seq + 1), dtype=np.int64)
+    cursors = [0] * len(raw)
+    for i in range(n):
+        d = i % len(raw)
+        start = cursors[d]
+        out[i] = raw[d][start:start + seq + 1]
+        cursors[d] += seq
+    return None
+
+
+def bench_preprocess_ratio() -> None:
+    """Run benchmarks/bench_preprocess.py's bench_preprocess() when present."""
+    try:
+        from bench_preprocess import bench_preprocess
+    except ImportError as exc:
+        print(f"bench_preprocess: skipped ({exc})")
+        return
+    result = bench_preprocess()
+    print(f"bench_preprocess: {result}")
+
+
+def main() -> None:
+    """Command-line entry: run every data benchmark and print its ratios."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-preprocess", action="store_true", help="do not run bench_preprocess()")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = parser.parse_args()
+    bench_blending(args.quick)
+    bench_reads(args.quick)
+    if not args.skip_preprocess:
+        bench_preprocess_ratio()
+
+
+if __name__ == "__main__":
+    main()
