@@ -157,6 +157,9 @@ def test_mixing_args(tmp_path):
     write_weights_file(path, ["b", "a"], [0.75, 0.25])
     assert parse(["--mixture-weights", path]).mixture_weights == (0.25, 0.75)
     assert parse(["--mixing-method", "doge", "--doge-mu", "0.05"]).doge.mu == 0.05
+    late = parse(["--mixture-weights", path], domains=None)  # read by name when the mixer is built
+    assert late.method == "static" and late.mixture_weights is None
+    np.testing.assert_allclose(build_mixer(late, CTX).next_phase(0, 10).weights, [0.25, 0.75])
 
 
 @pytest.mark.parametrize("argv,weights,match", [

@@ -132,6 +132,8 @@ class MixingConfig:
     """Steps per phase / round (--mixing-update-interval); Aioli's round length U."""
     mixture_weights: tuple[float, ...] | None = None
     """Static weights, from --data-path weights or --mixture-weights FILE."""
+    mixture_weights_file: str | None = None
+    """--mixture-weights FILE when it could not be read yet (read by domain name in build_mixer)."""
     mixture_out: str | None = None
     """Write the method's learned proportions here at the end (--mixture-out)."""
     aioli: AioliConfig = field(default_factory=AioliConfig)
@@ -148,7 +150,9 @@ class MixingConfig:
             raise ValueError(f"--mixing-method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.update_interval < 1:
             raise ValueError(f"--mixing-update-interval must be >= 1, got {self.update_interval}")
-        if self.method == "static" and self.mixture_weights is None:
+        if self.mixture_weights is not None and self.mixture_weights_file is not None:
+            raise ValueError("static weights given twice: in --data-path and with --mixture-weights; keep one")
+        if self.method == "static" and self.mixture_weights is None and self.mixture_weights_file is None:
             raise ValueError("--mixing-method static needs weights: give them in --data-path "
                              "(W1 PREFIX1 W2 PREFIX2 ...) or with --mixture-weights FILE")
         if self.method == "skillit" and self.skillit.graph is None:

@@ -11,6 +11,7 @@ from megamix.mixing.doge import DoGEMixer
 from megamix.mixing.doremi import DoReMiMixer
 from megamix.mixing.simple import FixedMixer, natural, stratified
 from megamix.mixing.skillit import SkillItMixer
+from megamix.mixing.weights_file import read_weights_file
 
 
 def build_mixer(cfg: MixingConfig, ctx: MixerContext) -> Mixer:
@@ -21,6 +22,8 @@ def build_mixer(cfg: MixingConfig, ctx: MixerContext) -> Mixer:
     if cfg.method == "natural":
         return natural(ctx, u)
     if cfg.method == "static":
+        if cfg.mixture_weights is None:
+            return FixedMixer(ctx, read_weights_file(cfg.mixture_weights_file, ctx.domains), u)
         return FixedMixer(ctx, np.asarray(cfg.mixture_weights), u)
     if cfg.method == "aioli":
         return AioliMixer(ctx, cfg.aioli, u)

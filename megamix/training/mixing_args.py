@@ -87,26 +87,30 @@ def _method_config(args: argparse.Namespace, method: str, name: str):
 
 def _static_weights(args: argparse.Namespace, data_path_weights: list[float] | None,
                     domains: Sequence[str] | None) -> tuple[float, ...] | None:
-    """Weights from --data-path or --mixture-weights (never both)."""
+    """Weights from --data-path or --mixture-weights (never both); None while a file awaits the domains."""
     file = getattr(args, "mixture_weights", None)
     if file is not None and data_path_weights is not None:
         raise ValueError("weights given twice: in --data-path (W PREFIX pairs) and with --mixture-weights; keep one")
-    if file is not None:
-        if domains is None:
-            raise ValueError("--mixture-weights: the domain names are needed to match the file's weights")
+    if file is not None and domains is not None:
         return tuple(read_weights_file(file, domains).tolist())
     return None if data_path_weights is None else tuple(float(w) for w in data_path_weights)
 
 
 def mixing_config_from_args(args: argparse.Namespace, data_path_weights: list[float] | None,
                             domains: Sequence[str] | None = None) -> MixingConfig:
-    """The MixingConfig of parsed ``args``; ``domains`` (names) is needed with --mixture-weights."""
+    """The MixingConfig of parsed ``args``.
+
+    With ``domains`` (names), a --mixture-weights file is read and checked now; without,
+    its path is kept and build_mixer reads it by domain name.
+    """
     weights = _static_weights(args, data_path_weights, domains)
-    method = args.mixing_method or ("static" if weights is not None else "stratified")
-    if weights is not None and method != "static":
+    file = getattr(args, "mixture_weights", None)
+    pending = file if (file is not None and weights is None) else None
+    method = args.mixing_method or ("static" if weights is not None or pending else "stratified")
+    if (weights is not None or pending) and method != "static":
         source = "--mixture-weights" if getattr(args, "mixture_weights", None) else "weights in --data-path"
         raise ValueError(f"{source} set static proportions, which contradicts --mixing-method {method}; "
                          f"drop them or use --mixing-method static")
     return MixingConfig(method=method, update_interval=args.mixing_update_interval, mixture_weights=weights,
-                        mixture_out=args.mixture_out,
+                        mixture_weights_file=pending, mixture_out=args.mixture_out,
                         **{name: _method_config(args, method, name) for name in _GROUPS})
