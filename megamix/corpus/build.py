@@ -142,6 +142,12 @@ def fetch_all(cfg: BuildConfig, specs: Sequence[SourceSpec]) -> None:
             pip_download(cfg.cache_dir, req, spec.sdist)
 
 
+def _licence_text(fetched: Sequence[Fetched]) -> str:
+    if len({f.licence for f in fetched}) == 1:
+        return fetched[0].licence
+    return "; ".join(f"{f.name}: {f.licence}" for f in fetched)
+
+
 def extract_stage(cache: Path, spec: SourceSpec) -> dict:
     """Unpack, extract and write one source's full shard and marker (runs in a worker)."""
     t0 = time.time()
@@ -155,7 +161,7 @@ def extract_stage(cache: Path, spec: SourceSpec) -> dict:
     own = [f for n, f in fetched.items() if n != "groff-base"]
     marker = {"recipe": RECIPE_VERSION, "domain": spec.domain, "source": spec.name,
               "packages": {f.name: f.version for f in own},
-              "licence": spec.licence or "; ".join(f"{f.name}: {f.licence}" for f in own),
+              "licence": spec.licence or _licence_text(own),
               "documents": count, "bytes": size, "seconds": round(time.time() - t0, 1)}
     if size < SIZE_TOLERANCE * spec.expected_mb * 1e6:
         marker["warning"] = (f"extracted {size / 1e6:.1f} MB, expected about {spec.expected_mb} MB "
@@ -198,9 +204,10 @@ def write_output(cfg: BuildConfig, spec: SourceSpec, stage: dict, budget: int | 
     shard, _ = stage_paths(cfg.cache_dir, spec)
     dest = cfg.out / spec.domain / f"{spec.name}.jsonl"
     marker_path = dest.with_suffix(".done.json")
-    want = {"stage": stage, "budget": budget}
+    want = {"stage": {k: v for k, v in stage.items() if k != "seconds"}, "budget": budget}
     marker = read_marker(marker_path)
-    if not cfg.force and marker and marker.get("input") == want and dest.exists():
+    if (not cfg.force and marker and marker.get("input") == want and dest.exists()
+            and dest.stat().st_size == marker.get("file_bytes")):
         return marker
     dest.parent.mkdir(parents=True, exist_ok=True)
     if budget is None or budget >= stage["bytes"]:
@@ -211,6 +218,7 @@ def write_output(cfg: BuildConfig, spec: SourceSpec, stage: dict, budget: int | 
     else:
         count, size = write_jsonl(dest, spread_select(read_jsonl(shard), stage["bytes"], budget))
     marker = {"input": want, "documents": count, "bytes": size, "packages": stage["packages"],
+              "file_bytes": dest.stat().st_size,
               "licence": stage["licence"]}
     atomic_write_text(marker_path, json.dumps(marker, indent=1, sort_keys=True) + "\n")
     return marker

@@ -94,7 +94,7 @@ def unpack_deb(cache: Path, name: str, runner: Runner = _run) -> Fetched:
     return Fetched(name, deb_version(deb), root, debian_licence(root / "usr/share/doc" / name / "copyright"))
 
 
-_KNOWN = ("GPL-3", "GPL-2", "GPL", "LGPL", "BSD", "MIT", "Apache", "public domain",
+_KNOWN = ("Python Software Foundation", "GPL-3", "GPL-2", "GPL", "LGPL", "BSD", "MIT", "Apache", "public domain",
           "Public Domain", "CC0", "CC-BY-SA", "GFDL", "Artistic", "Creative Commons")
 
 
@@ -104,7 +104,8 @@ def debian_licence(copyright_path: Path) -> str:
         return "unknown (no copyright file)"
     text = copyright_path.read_text("utf-8", "replace")
     names: list[str] = []
-    for match in re.finditer(r"^License:[ \t]*(\S[^\n]*)", text, re.MULTILINE):
+    dep5 = text.lstrip().startswith("Format:")
+    for match in [] if not dep5 else re.finditer(r"^License:[ \t]*(\S[^\n]*)", text, re.MULTILINE):
         if match.group(1).strip() not in names:
             names.append(match.group(1).strip())
     if names:
