@@ -163,6 +163,7 @@ class PhaseLoop:
         lay = self.runner.layout
         tokens_per_s = lay.global_batch_size * lay.seq_length / step_time
         event = {"event": "train", "step": state.iteration, "loss": loss, "domain_loss": self._named(per_domain),
+                 "domain_tokens": self._named(counts),
                  "weights": self._named(state.phase.weights), "lr": self.hooks.lr(), "tokens_per_s": tokens_per_s,
                  "step_time_s": step_time, "phase_kind": state.phase.kind}
         self.metrics.record(event)
