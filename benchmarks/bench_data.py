@@ -91,15 +91,16 @@ def _raw_reads(raw: list[np.ndarray], n: int, seq: int) -> None:
     return None
 
 
-def bench_preprocess_ratio() -> None:
-    """Run benchmarks/bench_preprocess.py's bench_preprocess() when present."""
+def bench_preprocess_ratio(mb: float) -> None:
+    """Run benchmarks/bench_preprocess.py's bench_preprocess() when present and print its ratio."""
     try:
         from bench_preprocess import bench_preprocess
     except ImportError as exc:
         print(f"bench_preprocess: skipped ({exc})")
         return
-    result = bench_preprocess()
-    print(f"bench_preprocess: {result}")
+    r = bench_preprocess(mb=mb)
+    print(f"preprocess ({r['input_mb']:.1f} MB jsonl, {r['workers']} workers): ours {r['ours_text_mb_s']:.2f} MB/s, "
+          f"raw SentencePiece {r['raw_text_mb_s']:.2f} MB/s, ratio {r['ratio']:.2f}")
 
 
 def main() -> None:
@@ -111,7 +112,7 @@ def main() -> None:
     bench_blending(args.quick)
     bench_reads(args.quick)
     if not args.skip_preprocess:
-        bench_preprocess_ratio()
+        bench_preprocess_ratio(5.0 if args.quick else 100.0)
 
 
 if __name__ == "__main__":
