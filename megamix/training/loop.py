@@ -9,7 +9,7 @@ records, so a resumed run continues mid-phase exactly.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -35,6 +35,8 @@ class LoopState:
     phases_started: int = 0
     log_stats: np.ndarray | None = None
     """Per-domain loss sums and token counts since the last 'train' event."""
+    signal_sums: dict = field(default_factory=dict)
+    """Per-step signals (e.g. DoGE's scores) summed over the phase so far."""
 
     def to_dict(self) -> dict:
         """JSON-able form for the checkpoint."""
@@ -46,6 +48,7 @@ class LoopState:
             "phase_stats": None if self.phase_stats is None else self.phase_stats.tolist(),
             "phases_started": self.phases_started,
             "log_stats": None if self.log_stats is None else self.log_stats.tolist(),
+            "signal_sums": {k: np.asarray(v).tolist() for k, v in self.signal_sums.items()},
         }
 
     @classmethod
@@ -55,7 +58,8 @@ class LoopState:
         return cls(iteration=d["iteration"], phase=None if d["phase"] is None else Phase.from_dict(d["phase"]),
                    phase_steps_done=d["phase_steps_done"], phase_steps=d["phase_steps"],
                    phase_stats=arr(d["phase_stats"]), phases_started=d["phases_started"],
-                   log_stats=arr(d["log_stats"]))
+                   log_stats=arr(d["log_stats"]),
+                   signal_sums={k: arr(v) for k, v in d["signal_sums"].items()})
 
 
 @dataclass
@@ -120,12 +124,15 @@ class PhaseLoop:
             if "excess_loss" in phase.signals:
                 signals["excess_loss"] = np.where(stats[self.k:2 * self.k] > 0,
                                                   stats[2 * self.k:] / stats[self.k:2 * self.k], 0.0)
+        for name, total in state.signal_sums.items():
+            signals[name] = np.asarray(total) / max(state.phase_steps, 1)
         obs = Observation(step=state.iteration, steps=state.phase_steps, train_loss=train_loss, val_loss=val,
                           signals=signals)
         for event in self.mixer.observe(phase, obs):
             self.metrics.record(event)
         state.phase = None
         state.phase_stats = None
+        state.signal_sums = {}
 
     def _evaluate(self, iteration: int) -> np.ndarray:
         val = self.evaluator.evaluate(self.model)
@@ -138,10 +145,11 @@ class PhaseLoop:
     def _train_one(self, state: LoopState) -> None:
         phase = state.phase
         t0 = time.perf_counter()
-        stats = self.runner.run(state.iteration, loss_weights=phase.loss_weights,
-                                want_excess="excess_loss" in phase.signals)
+        stats, extras = self.runner.run(state.iteration, loss_weights=phase.loss_weights, signals=phase.signals)
         dt = time.perf_counter() - t0
         state.phase_stats[:stats.shape[0]] += stats
+        for name, values in extras.items():
+            state.signal_sums[name] = state.signal_sums.get(name, 0.0) + values
         state.phase_steps_done += 1
         state.iteration += 1
         if state.log_stats is None:

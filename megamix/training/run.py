@@ -27,6 +27,7 @@ from megamix.training.loop import LoopHooks, LoopState, PhaseLoop
 from megamix.training.metrics import MetricsSink
 from megamix.training.reference import load_reference_model
 from megamix.training.report import test_report
+from megamix.training.signals import DomainGradScorer
 from megamix.training.step import StepLayout, StepRunner
 
 
@@ -75,10 +76,14 @@ class Run:
         reference = None
         if cfg.mixing.method == "doremi":
             reference = load_reference_model(cfg.mixing.doremi.reference, cfg.model, dist_info.device)
-        self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference)
         valid = build_domain_datasets(cfg.data, "valid")
         self.evaluator = Evaluator(valid, cfg.data.eval_samples_per_domain, tr.micro_batch_size, dist_info.rank,
                                    dist_info.world_size, dist_info.device)
+        scorer = None
+        if cfg.mixing.method == "doge":
+            scorer = DomainGradScorer(self.engine.module, self.blend, self.layout, dist_info.device,
+                                      self.evaluator.batches, tr.zero_stage)
+        self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference, scorer)
         self.metrics = MetricsSink(tr.save, dist_info.is_main, cfg.logging.tensorboard_dir)
         self.state = self._restore() if self.tag else LoopState()
 

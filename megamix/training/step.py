@@ -68,15 +68,29 @@ class StepRunner:
     """
 
     def __init__(self, engine, blend: BlendedDataset, layout: StepLayout, device: torch.device,
-                 reference: torch.nn.Module | None = None) -> None:
+                 reference: torch.nn.Module | None = None, scorer=None) -> None:
         self.engine = engine
         self.blend = blend
         self.layout = layout
         self.device = device
         self.reference = reference
+        self.scorer = scorer
 
-    def run(self, step: int, loss_weights: np.ndarray | None = None, want_excess: bool = False) -> np.ndarray:
-        """Train optimizer step ``step`` (0-based); return the all-reduced statistics vector."""
+    def run(self, step: int, loss_weights: np.ndarray | None = None,
+            signals: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Train optimizer step ``step`` (0-based).
+
+        Returns the all-reduced statistics vector and the requested signals computed
+        outside it (DoGE's gradient scores, taken before the update).
+        """
+        extras = {}
+        if "domain_grad_scores" in signals:
+            if self.scorer is None:
+                raise RuntimeError("the domain_grad_scores signal needs a DomainGradScorer")
+            extras["domain_grad_scores"] = self.scorer.scores(step, float(self.engine.get_lr()[0]))
+        return self._train(step, loss_weights, "excess_loss" in signals), extras
+
+    def _train(self, step: int, loss_weights: np.ndarray | None, want_excess: bool) -> np.ndarray:
         lay = self.layout
         k = lay.num_domains
         w = token_weights(self.blend, step, lay, loss_weights).to(self.device)
