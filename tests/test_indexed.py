@@ -280,3 +280,21 @@ def test_megatron_core_reads_ours_and_we_read_theirs(tmp_path):
     assert ds.dtype == np.int32
     assert [d.tolist() for d in ds[:]] == [[10, 11], [70000], [5, 6, 7]]
     assert ds.document_indices.tolist() == [0, 2, 3]
+
+
+def test_add_documents_bulk_matches_one_by_one(tmp_path):
+    docs = [[1, 2], [], [3, 4, 5], [6]]
+    one = _build(tmp_path / "one", docs)
+    bulk = str(tmp_path / "bulk")
+    with IndexedDatasetBuilder(bulk, np.uint16) as b:
+        b.add_documents(np.array([1, 2], dtype=np.int64), np.array([2, 0]))
+        b.add_documents(np.array([3, 4, 5, 6]), np.array([3, 1]))
+    for ext in (".idx", ".bin"):
+        assert open(one + ext, "rb").read() == open(bulk + ext, "rb").read()
+    with pytest.raises(ValueError, match="sum to the 2 tokens"):
+        with IndexedDatasetBuilder(str(tmp_path / "bad"), np.uint16) as b:
+            b.add_documents(np.array([1, 2]), np.array([3]))
+    with pytest.raises(RuntimeError, match="end_document"):
+        with IndexedDatasetBuilder(str(tmp_path / "open"), np.uint16) as b:
+            b.add_item([1])
+            b.add_documents(np.array([2]), np.array([1]))

@@ -50,7 +50,7 @@ class PreprocessConfig:
     """--log-interval: documents between progress lines."""
     skip_invalid: bool = False
     """--skip-invalid: skip bad lines (counted per kind) instead of stopping."""
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = 1 << 18
     """Input bytes per unit of parallel work (part of what defines the output order: fixed)."""
 
     def __post_init__(self) -> None:
@@ -159,68 +159,78 @@ def parse_line(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, st
     return out, "", ""
 
 
-_WORKER: dict = {}
+@dataclass
+class ChunkWork:
+    """What every chunk needs: the tokenizer, the json keys, eod handling and the token dtype."""
+
+    tokenizer: Tokenizer
+    """Tokenizer applied to every text."""
+    keys: tuple[str, ...]
+    """JSON keys, one output per key."""
+    append_eod: bool
+    """Append tokenizer.eod to every non-empty document."""
+    dtype: np.dtype
+    """Token dtype of the outputs."""
 
 
-def _set_state(tokenizer: Tokenizer, keys: tuple[str, ...], append_eod: bool, dtype: np.dtype) -> None:
-    _WORKER.update(tokenizer=tokenizer, keys=keys, append_eod=append_eod, dtype=dtype)
+_POOL_WORK: list[ChunkWork] = []  # set once in each pool worker process by _init_worker, never in the parent
 
 
-def _init_worker(*state) -> None:
+def _init_worker(work: ChunkWork) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _set_state(*state)
+    _POOL_WORK.append(work)
 
 
-def _encode(texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, int]:
+def _pool_process_chunk(chunk: tuple[int, int, list[bytes]]) -> dict:
+    return process_chunk(chunk, _POOL_WORK[0])
+
+
+def _encode(texts: list[str], work: ChunkWork) -> tuple[np.ndarray, np.ndarray, int]:
     """Tokenize texts; returns (tokens, lengths) of the non-empty documents and the number dropped."""
-    tok: Tokenizer = _WORKER["tokenizer"]
-    ids = [d for d in tok.encode_batch(texts) if d]
-    if _WORKER["append_eod"]:
+    ids = [d for d in work.tokenizer.encode_batch(texts) if d]
+    if work.append_eod:
         for d in ids:
-            d.append(tok.eod)
+            d.append(work.tokenizer.eod)
     lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=work.dtype, count=int(lengths.sum()))
     return tokens, lengths, len(texts) - len(ids)
 
 
-def process_chunk(chunk: tuple[int, int, list[bytes]]) -> dict:
-    """Parse and tokenize one chunk (runs in a worker); errors are returned, not raised."""
+def process_chunk(chunk: tuple[int, int, list[bytes]], work: ChunkWork) -> dict:
+    """Parse and tokenize one chunk of lines; errors are returned, not raised."""
     fi, first, lines = chunk
-    keys = _WORKER["keys"]
-    texts: list[list[str]] = [[] for _ in keys]
+    texts: list[list[str]] = [[] for _ in work.keys]
     errors, docs = [], 0
     for lineno, line in enumerate(lines, first):
         if not line.strip():
             continue
         docs += 1
-        values, kind, msg = parse_line(line, keys)
+        values, kind, msg = parse_line(line, work.keys)
         if values is None:
             errors.append((kind, lineno, msg))
             continue
         for bucket, value in zip(texts, values):
             bucket.append(value)
     try:
-        encoded = [_encode(t, _WORKER["dtype"]) for t in texts]
+        encoded = [_encode(t, work) for t in texts]
     except ValueError as exc:
         last = first + len(lines) - 1
         return {"file": fi, "fatal": f"{first}-{last}: tokenizer error: {exc}"}
     return {"file": fi, "docs": docs, "bytes": sum(map(len, lines)), "errors": errors, "encoded": encoded}
 
 
-def _ordered_results(chunks: Iterator, workers: int) -> Iterator[dict]:
+def _ordered_results(chunks: Iterator, work: ChunkWork, workers: int) -> Iterator[dict]:
     """process_chunk over chunks, in order, with at most a few chunks in flight (bounded memory)."""
     if workers == 1:
-        yield from map(process_chunk, chunks)
+        yield from (process_chunk(c, work) for c in chunks)
         return
-    ctx = mp.get_context("fork")
-    pool = ctx.Pool(workers, initializer=_init_worker,
-                    initargs=(_WORKER["tokenizer"], _WORKER["keys"], _WORKER["append_eod"], _WORKER["dtype"]))
+    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(work,))
     try:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(process_chunk, (chunk,)))
-            if len(pending) >= 2 * workers + 1:
+            pending.append(pool.apply_async(_pool_process_chunk, (chunk,)))
+            if len(pending) >= 4 * workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
@@ -268,7 +278,7 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] | None = Non
     files = expand_inputs(config.inputs)
     tokenizer = config.tokenizer.build()
     dtype = dtype_for_vocab(tokenizer.vocab_size)
-    _set_state(tokenizer, tuple(config.json_keys), config.append_eod, dtype)
+    work = ChunkWork(tokenizer, tuple(config.json_keys), config.append_eod, dtype)
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
     os.makedirs(out_dir, exist_ok=True)
     run = _Run(config, files, log)
@@ -276,7 +286,7 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] | None = Non
     try:
         for key in config.json_keys:
             builders.append(IndexedDatasetBuilder(config.output_prefix_for(key), dtype))
-        for result in _ordered_results(read_chunks(files, config.chunk_bytes), config.workers):
+        for result in _ordered_results(read_chunks(files, config.chunk_bytes), work, config.workers):
             run.consume(result, builders)
         for builder in builders:
             builder.finalize()
