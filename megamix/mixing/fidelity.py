@@ -1,0 +1,159 @@
+"""The law-fidelity report: how well a method's own A agrees with one fitted from probes.
+
+MIXING.md ("How a method is judged"): from a checkpoint, train short probes on several
+mixtures p_n, measure each probe's per-domain loss decrease dL_n, fit A* by least squares
+under the linear dynamic law (dL_n ≈ A* p_n), and compare A* with the A the method used.
+The comparison is on column sums (Σ_i A[i, j] is the gradient the exponentiated-gradient
+step follows): cosine similarity and Spearman rank correlation; when the method has a
+full K×K matrix its entrywise cosine is reported too.
+
+What counts as a method's "A" (``method_a``):
+
+* aioli: the last non-skipped ``aioli_round`` record's ``A_normalized`` (``A`` when
+  normalisation is off or ``key`` asks for it; ``E`` for the smoothed matrix).
+* skillit: diag(L) Gᵀ with G the skills graph and L the last logged validation loss, so
+  that its column sums are the G·L gradient Skill-It follows (G[i, j] is "training on i
+  helps j", the transpose of A's convention).
+* doremi / doge: no matrix; the gradient vector of their last update (excess losses,
+  gradient scores) stands in for the column sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from megamix.mixing import law
+
+
+@dataclass
+class FidelityConfig:
+    """Probe design of a law-fidelity report."""
+
+    num_probes: int = 8
+    """Probe mixtures (the K one-hot-ish q_j first, then seeded Dirichlet draws); at least K."""
+    probe_steps: int = 10
+    """Optimizer steps trained on each probe mixture, from the checkpoint weights."""
+    one_hot_factor: float = 0.75
+    """Weight f of q_j on its own domain, in (1/K, 1]."""
+    seed: int = 0
+    """Seed of the Dirichlet probe mixtures and of the probes' training."""
+
+    def __post_init__(self) -> None:
+        if self.num_probes < 2:
+            raise ValueError(f"--num-probes must be >= 2 (at least K), got {self.num_probes}")
+        if self.probe_steps < 1:
+            raise ValueError(f"--probe-steps must be >= 1, got {self.probe_steps}")
+        if not (0.0 < self.one_hot_factor <= 1.0):
+            raise ValueError(f"--one-hot-factor must be in (1/K, 1], got {self.one_hot_factor}")
+
+
+def probe_design(num_domains: int, cfg: FidelityConfig) -> np.ndarray:
+    """The (n, K) probe mixtures: q_1..q_K, then seeded Dirichlet(1) draws up to ``num_probes``."""
+    k = num_domains
+    if cfg.num_probes < k:
+        raise ValueError(f"--num-probes {cfg.num_probes}: the fit of A* needs at least K = {k} probes")
+    q = law.probe_mixtures(k, cfg.one_hot_factor)
+    rng = np.random.default_rng([cfg.seed, 0xF1DE])
+    extra = rng.dirichlet(np.ones(k), size=cfg.num_probes - k)
+    return np.concatenate([q, extra.reshape(-1, k)], axis=0)
+
+
+def fit_a_star(p: np.ndarray, dl: np.ndarray) -> tuple[np.ndarray, float]:
+    """A* by least squares under the linear dynamic law, and the law's R² on the probes."""
+    a = law.fit_linear_dynamic(p, dl)
+    pred = np.asarray(p) @ a.T
+    dl = np.asarray(dl, dtype=np.float64)
+    ss_res = float(np.sum((dl - pred) ** 2))
+    ss_tot = float(np.sum((dl - dl.mean(axis=0)) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+    return a, r2
+
+
+def cosine(x: np.ndarray, y: np.ndarray) -> float:
+    """Cosine similarity of two vectors (flattened); NaN when either is zero."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0 or ny == 0:
+        return float("nan")
+    return float(x @ y / (nx * ny))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation of two vectors; NaN when either is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def agreement(method: np.ndarray, a_star: np.ndarray) -> dict:
+    """Cosine and Spearman of column sums (and entrywise cosine when ``method`` is a matrix)."""
+    method = np.asarray(method, dtype=np.float64)
+    star_cols = np.asarray(a_star).sum(axis=0)
+    cols = method.sum(axis=0) if method.ndim == 2 else method
+    if cols.shape != star_cols.shape:
+        raise ValueError(f"method A has {cols.shape[0]} columns, A* has {star_cols.shape[0]}")
+    out = {"method_column_sums": cols.tolist(), "a_star_column_sums": star_cols.tolist(),
+           "cosine_column_sums": cosine(cols, star_cols), "spearman_column_sums": spearman(cols, star_cols),
+           "cosine_matrix": cosine(method, a_star) if method.ndim == 2 else None}
+    return out
+
+
+# --------------------------------------------------------------- the method's A
+def _last(events: list[dict], kind: str, usable=lambda e: True) -> dict | None:
+    found = [e for e in events if e.get("event") == kind and usable(e)]
+    return found[-1] if found else None
+
+
+def _aioli_a(events: list[dict], key: str | None) -> tuple[np.ndarray, str]:
+    rec = _last(events, "aioli_round", lambda e: "skipped" not in e)
+    if rec is None:
+        raise ValueError("no completed 'aioli_round' event in metrics.jsonl (the run never finished a round)")
+    key = key or ("A_normalized" if rec.get("A_normalized") is not None else "A")
+    if rec.get(key) is None:
+        raise ValueError(f"the last aioli_round (round {rec['round']}) has no {key!r}")
+    return np.asarray(rec[key], dtype=np.float64), f"aioli_round {rec['round']} (step {rec['step']}) {key}"
+
+
+def _skillit_a(events: list[dict], graph: np.ndarray) -> tuple[np.ndarray, str]:
+    rec = _last(events, "skillit_update", lambda e: "skipped" not in e)
+    if rec is None:
+        raise ValueError("no 'skillit_update' event in metrics.jsonl")
+    loss = np.asarray(rec["val_loss"], dtype=np.float64)
+    return np.diag(loss) @ np.asarray(graph, dtype=np.float64).T, f"diag(L) G^T at step {rec['step']}"
+
+
+def method_a(method: str, events: list[dict], key: str | None = None,
+             graph: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """The method's A (a K×K matrix, or a K-vector of column sums) and a description of its source."""
+    if method == "aioli":
+        return _aioli_a(events, key)
+    if method == "skillit":
+        if graph is None:
+            raise ValueError("skillit: the skills graph is needed (the run's --skillit-graph file)")
+        return _skillit_a(events, graph)
+    vectors = {"doremi": ("doremi_update", "excess_loss"), "doge": ("doge_update", "scores")}
+    if method not in vectors:
+        raise ValueError(f"--mixing-method {method} learns no A (nothing to compare); "
+                         "expected aioli, skillit, doremi or doge")
+    kind, field = vectors[method]
+    rec = _last(events, kind)
+    if rec is None:
+        raise ValueError(f"no {kind!r} event in metrics.jsonl")
+    return np.asarray(rec[field], dtype=np.float64), f"{kind} {field} at step {rec['step']}"
+
+
+def format_table(domains: list[str], report: dict) -> str:
+    """The report as a small text table (column sums per domain, then the agreement scores)."""
+    lines = [f"{'domain':<14}{'method Σ_i A':>16}{'probe Σ_i A*':>16}", "-" * 46]
+    for d, m, s in zip(domains, report["method_column_sums"], report["a_star_column_sums"]):
+        lines.append(f"{d:<14}{m:>16.5g}{s:>16.5g}")
+    lines.append("-" * 46)
+    for name in ("cosine_column_sums", "spearman_column_sums", "cosine_matrix", "law_r2"):
+        v = report.get(name)
+        lines.append(f"{name:<30}{'n/a' if v is None else format(v, '.4f'):>16}")
+    return "\n".join(lines)

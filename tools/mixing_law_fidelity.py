@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Law-fidelity report of a run: does the method's A agree with an A* fitted from probes?
+
+Design (one process, CPU or one GPU, no DeepSpeed):
+
+1. Read the run directory: ``config.json`` (model, data, optimizer, mixing), the newest
+   checkpoint's weights (``load_state_dict_from_checkpoint``, any ZeRO stage) and its
+   mixture schedule, and ``metrics.jsonl`` for the method's own A
+   (``megamix.mixing.fidelity.method_a``).
+2. Evaluate the checkpoint's per-domain validation loss L on ``--eval-samples-per-domain``
+   fixed samples (the run's Evaluator, rank 0 of 1).
+3. For each probe mixture p_n (``--num-probes``: the K one-hot-ish q_j, then seeded
+   Dirichlet draws), start from a fresh copy of the checkpoint weights and train
+   ``--probe-steps`` steps of plain torch AdamW at the run's global batch size, at the
+   constant learning rate the run had at the checkpoint (``--probe-lr`` overrides), on a
+   BlendedDataset that continues the run's schedule: every probe reads the training
+   samples that come after the run's last scheduled segment, so no probe trains on data
+   the checkpoint has seen. The optimizer state is fresh (the run's Adam moments are not
+   loaded), the iteration and LR schedule are not inherited. Evaluate L'_n; dL_n = L − L'_n.
+4. Fit A* by least squares, dL_n ≈ A* p_n (``law.fit_linear_dynamic``), report the law's
+   R² on the probes, and the agreement of column sums: cosine and Spearman.
+
+Output: a table on stdout and, with ``--out FILE``, the whole report as JSON.
+The A being judged comes from the run's last round (Aioli) or last update; for a close
+comparison take a checkpoint near that round (``--save-interval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megamix.data.blend import BlendedDataset  # noqa: E402
+from megamix.data.config import DataConfig, DomainSpec  # noqa: E402
+from megamix.data.domain import build_domain_datasets  # noqa: E402
+from megamix.data.schedule import MixtureSchedule  # noqa: E402
+from megamix.mixing import fidelity  # noqa: E402
+from megamix.mixing.skillit import read_skill_graph  # noqa: E402
+from megamix.mixing.weights_file import atomic_write_json  # noqa: E402
+from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
+from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
+from megamix.training.config import OptimizerConfig  # noqa: E402
+from megamix.training.engine import lr_at, param_groups  # noqa: E402
+from megamix.training.evaluation import Evaluator  # noqa: E402
+from megamix.training.reference import load_state_dict_from_checkpoint  # noqa: E402
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not found (is this a megamix run directory?)") from None
+
+
+def _read_events(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: not found")
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.endswith("\n") and line.strip()]
+
+
+class RunView:
+    """What the report needs from a finished (or checkpointed) run directory."""
+
+    def __init__(self, run_dir: str, eval_samples: int | None) -> None:
+        self.dir = run_dir
+        cfg = _read_json(os.path.join(run_dir, "config.json"))
+        self.cfg = cfg
+        self.domains = list(cfg["domains"])
+        self.method = cfg["mixing"]["method"]
+        self.model_cfg = GPTConfig(**cfg["model"])
+        d = cfg["data"]
+        self.data_cfg = DataConfig(
+            data_path=[DomainSpec(**s) for s in d["data_path"]], split=tuple(d["split"]),
+            seq_length=d["seq_length"], seed=d["seed"], data_cache_path=d["data_cache_path"],
+            eval_samples_per_domain=d["eval_samples_per_domain"] if eval_samples is None else eval_samples)
+        self.opt_cfg = OptimizerConfig(**cfg["optimizer"])
+        self.training = cfg["training"]
+        tag = find_checkpoint(run_dir)
+        if tag is None:
+            raise ValueError(f"{run_dir}: no checkpoint ('latest' file missing); run with --save")
+        self.tag = tag
+        self.client = _read_json(os.path.join(run_dir, tag, STATE_FILE))
+        self.iteration = int(self.client["loop"]["iteration"])
+        self.events = _read_events(os.path.join(run_dir, "metrics.jsonl"))
+
+    def lr(self) -> float:
+        """The run's learning rate at the checkpoint's iteration."""
+        return lr_at(self.iteration, self.opt_cfg, self.training["train_iters"])
+
+    def graph(self) -> np.ndarray | None:
+        """The skills graph of a Skill-It run (None for other methods)."""
+        path = (self.cfg["mixing"].get("skillit") or {}).get("graph")
+        return read_skill_graph(path, tuple(self.domains)) if self.method == "skillit" and path else None
+
+
+class ProbeTrainer:
+    """Trains short probes from the checkpoint weights and measures per-domain validation loss."""
+
+    def __init__(self, run: RunView, lr: float, seed: int, device: torch.device) -> None:
+        self.run = run
+        self.lr = lr
+        self.seed = seed
+        self.device = device
+        self.state = load_state_dict_from_checkpoint(run.dir)
+        self.train_sets = build_domain_datasets(run.data_cfg, "train")
+        self.schedule_dict = self.run.client["schedule"]
+        valid = build_domain_datasets(run.data_cfg, "valid")
+        if not valid:
+            raise ValueError(f"{run.dir}: the run's --split has no validation part; the report needs one")
+        mbs = run.training["micro_batch_size"]
+        self.evaluator = Evaluator(valid, run.data_cfg.eval_samples_per_domain, mbs, 0, 1, device)
+        self.evals = 0
+        self.eval_seconds = 0.0
+
+    def fresh_model(self) -> GPT:
+        """A GPT with the checkpoint weights."""
+        model = GPT(self.run.model_cfg)
+        model.load_state_dict(self.state, strict=True)
+        return model.to(self.device)
+
+    def evaluate(self, model: GPT) -> np.ndarray:
+        """Per-domain validation loss (K,)."""
+        t0 = time.perf_counter()
+        val = self.evaluator.evaluate(model)
+        self.evals += 1
+        self.eval_seconds += time.perf_counter() - t0
+        return val
+
+    def _blend(self, weights: np.ndarray, steps: int) -> tuple[BlendedDataset, int]:
+        """The run's schedule plus one probe segment; returns the blend and the probe's first sample."""
+        schedule = MixtureSchedule.from_dict(self.schedule_dict)
+        start = schedule.total_samples
+        schedule.append(steps * self.run.training["global_batch_size"], weights)
+        return BlendedDataset(self.train_sets, schedule), start
+
+    def train_probe(self, weights: np.ndarray, steps: int) -> GPT:
+        """The checkpoint model after ``steps`` AdamW steps on mixture ``weights``."""
+        torch.manual_seed(self.seed)
+        model = self.fresh_model().train()
+        opt = self.run.opt_cfg
+        optim = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=self.lr,
+                                  betas=(opt.adam_beta1, opt.adam_beta2), eps=opt.adam_eps)
+        blend, start = self._blend(weights, steps)
+        gbs, mbs = self.run.training["global_batch_size"], self.run.training["micro_batch_size"]
+        for step in range(steps):
+            optim.zero_grad(set_to_none=True)
+            g0 = start + step * gbs
+            for m in range(0, gbs, mbs):
+                batch = blend.get_batch(np.arange(g0 + m, g0 + m + mbs))
+                tokens = torch.from_numpy(np.ascontiguousarray(batch["tokens"])).to(self.device)
+                labels = torch.from_numpy(np.ascontiguousarray(batch["labels"])).to(self.device)
+                loss = model(tokens, labels).sum() / (gbs * tokens.shape[1])
+                loss.backward()
+            if opt.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip_grad)
+            optim.step()
+        return model
+
+
+def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | None = None,
+               probe_lr: float | None = None, a_key: str | None = None, log=print) -> dict:
+    """Train the probes, fit A*, compare with the run's A; the report as a dict."""
+    run = RunView(run_dir, eval_samples)
+    own, source = fidelity.method_a(run.method, run.events, a_key, run.graph())
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    lr = run.lr() if probe_lr is None else probe_lr
+    trainer = ProbeTrainer(run, lr, cfg.seed, device)
+    p = fidelity.probe_design(len(run.domains), cfg)
+    t0 = time.perf_counter()
+    before = trainer.evaluate(trainer.fresh_model())
+    dl = []
+    for n, weights in enumerate(p):
+        after = trainer.evaluate(trainer.train_probe(weights, cfg.probe_steps))
+        dl.append(before - after)
+        log(f"probe {n + 1}/{len(p)} p={np.round(weights, 3).tolist()} avg dL={float(np.mean(dl[-1])):.4f}")
+    dl = np.asarray(dl)
+    a_star, r2 = fidelity.fit_a_star(p, dl)
+    report = {"run": os.path.abspath(run_dir), "checkpoint": run.tag, "iteration": run.iteration,
+              "method": run.method, "method_a_source": source, "domains": run.domains,
+              "method_a": own.tolist(), "a_star": a_star.tolist(), "law_r2": r2,
+              "probe_mixtures": p.tolist(), "probe_loss_decrease": dl.tolist(), "val_loss_before": before.tolist(),
+              "probe_steps": cfg.probe_steps, "probe_lr": lr, "seed": cfg.seed,
+              "eval_samples_per_domain": run.data_cfg.eval_samples_per_domain,
+              "seconds": time.perf_counter() - t0, "evaluations": trainer.evals}
+    report.update(fidelity.agreement(own, a_star))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="run directory (config.json, metrics.jsonl, checkpoints)")
+    ap.add_argument("--num-probes", type=int, default=None, help="probe mixtures (default 2K+2; at least K)")
+    ap.add_argument("--probe-steps", type=int, default=10, help="steps per probe (default 10)")
+    ap.add_argument("--eval-samples-per-domain", type=int, default=None, help="default: the run's")
+    ap.add_argument("--one-hot-factor", type=float, default=0.75, help="f of the q_j probes (default 0.75)")
+    ap.add_argument("--probe-lr", type=float, default=None, help="default: the run's LR at the checkpoint")
+    ap.add_argument("--a-key", choices=("A", "A_normalized", "E"), default=None,
+                    help="which Aioli matrix to judge (default A_normalized, or A when normalisation is off)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the report as JSON here")
+    args = ap.parse_args(argv)
+    try:
+        k = len(_read_json(os.path.join(args.run, "config.json"))["domains"])
+        cfg = fidelity.FidelityConfig(num_probes=args.num_probes or 2 * k + 2, probe_steps=args.probe_steps,
+                                      one_hot_factor=args.one_hot_factor, seed=args.seed)
+        report = run_report(args.run, cfg, args.eval_samples_per_domain, args.probe_lr, args.a_key)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mixing_law_fidelity: error: {err}", file=sys.stderr)
+        return 2
+    print(f"law fidelity of {report['run']} ({report['method']}, {report['method_a_source']}; "
+          f"A* from {len(report['probe_mixtures'])} probes of {report['probe_steps']} steps at {report['checkpoint']})")
+    print(fidelity.format_table(report["domains"], report))
+    if args.out:
+        atomic_write_json(args.out, report)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
