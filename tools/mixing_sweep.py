@@ -70,10 +70,10 @@ def sweep_mixtures(kind: str, num_domains: int, num_mixtures: int | None, seed: 
         n = 9 if num_mixtures is None else num_mixtures
         if n < 2:
             raise SweepError(f"--num-mixtures must be >= 2, got {n}")
-        p1 = np.round(np.linspace(0.1, 0.9, n), 2)
-        if len(set(p1.tolist())) < n:
+        units = np.round(np.linspace(10, 90, n)).astype(np.int64)
+        if len(set(units.tolist())) < n:
             raise SweepError(f"--num-mixtures {n}: more than 81 distinct p1 values in [0.1, 0.9] do not exist")
-        return np.stack([p1, 1.0 - p1], axis=1)
+        return np.stack([units, 100 - units], axis=1) / 100.0
     n = 3 * k if num_mixtures is None else num_mixtures
     if n < 1:
         raise SweepError(f"--num-mixtures must be >= 1, got {n}")
