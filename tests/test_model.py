@@ -269,3 +269,73 @@ def test_config_errors_name_the_flag(kw, flag):
 
 def test_odd_head_dim_is_fine_with_learned_positions():
     assert tiny(hidden_size=36, num_attention_heads=4, position_embedding_type="learned_absolute").head_dim == 9
+
+
+# --- DeepSpeed ZeRO -----------------------------------------------------------------------------
+
+ZERO_WORKER = '''
+import json, os, sys
+import torch
+from megamix.training.distributed import init_distributed
+from megamix.model.gpt import GPT, GPTConfig
+import deepspeed
+
+stage, out = int(sys.argv[1]), sys.argv[2]
+rank = init_distributed().rank
+torch.manual_seed(0)
+model = GPT(GPTConfig(**json.loads(sys.argv[3])))
+opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: no Adam amplification of rounding
+cfg = {"zero_allow_untested_optimizer": True, "train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+       "gradient_clipping": 1.0, "zero_optimization": {"stage": stage}, "steps_per_print": 1 << 30}
+engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+data = torch.tensor(json.loads(sys.argv[4]))
+losses = []
+for step in range(4):
+    seq = data[2 * rank: 2 * rank + 2]
+    loss = engine(seq[:, :-1], seq[:, 1:]).mean()
+    engine.backward(loss)
+    engine.step()
+    t = loss.detach().clone()
+    torch.distributed.all_reduce(t)
+    losses.append(t.item() / 2)
+if rank == 0:
+    with open(out + ".tmp", "w") as f:
+        json.dump(losses, f)
+    os.replace(out + ".tmp", out)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 3])
+def test_deepspeed_zero_two_ranks_match_single_process(stage, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    cfg = dict(vocab_size=64, num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=8)
+    data = torch.randint(0, 64, (4, 9), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**cfg))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    ref = []
+    for _ in range(4):
+        loss = model(data[:, :-1], data[:, 1:]).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ref.append(loss.item())
+    (tmp_path / "worker.py").write_text(ZERO_WORKER)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+               PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "losses.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "worker.py"), str(stage), str(out), json.dumps(cfg),
+                           json.dumps(data.tolist())], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = json.loads(out.read_text())
+    assert losses == pytest.approx(ref, rel=1e-5), (losses, ref)
+    assert ref[-1] < ref[0] - 0.1  # it did train
