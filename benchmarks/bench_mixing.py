@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Wall-clock cost of Aioli over stratified sampling at equal steps (tiny model, 2 CPU processes).
+
+Runs the same training command three ways — stratified, Aioli with ``--aioli-loss-source
+val`` and with ``train`` — at the paper's Aioli defaults (k = 2 sweeps, s = 10 probe steps,
+f = 0.75, U = --mixing-update-interval) and the default ``--eval-samples-per-domain``,
+and prints the ratio of each run's training-loop time to stratified's (target for val:
+≤ 1.15). The loop time runs from the first iteration line on the console to the end of
+the process (start-up excluded; the final evaluation and checkpoint included for all).
+
+Where the extra time goes, from each run's metrics.jsonl (``--log-interval 1``, so the
+sum of ``step_time_s`` is the time spent in optimizer steps):
+
+  non-step time = loop time − Σ step_time_s   (evaluations, phase changes, checkpoint)
+  t_eval        = (non-step_val − non-step_train) / (evals_val − evals_train)
+
+Both Aioli runs have the same phases, so their difference in non-step time is their
+difference in evaluation passes; the rest of Aioli's extra non-step time over stratified
+is phase overhead (schedule segments, blend rebuilds, mixer, broadcasts).
+
+  python benchmarks/bench_mixing.py [--train-iters 400] [--repeats 1] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from launch import make_data, tiny_args, torchrun_cmd  # noqa: E402
+
+METHODS = {
+    "stratified": {"--mixing-method": "stratified"},
+    "aioli-val": {"--mixing-method": "aioli", "--aioli-loss-source": "val"},
+    "aioli-train": {"--mixing-method": "aioli", "--aioli-loss-source": "train"},
+}
+
+
+def timed_launch(args: list[str], nproc: int) -> float:
+    """Run a job; seconds from its first iteration line to its exit."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(torchrun_cmd(args, nproc), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    first, tail = None, []
+    for line in proc.stdout:
+        if first is None and line.lstrip().startswith("iteration"):
+            first = time.perf_counter()
+        tail = (tail + [line])[-40:]
+    rc = proc.wait()
+    end = time.perf_counter()
+    if rc != 0 or first is None:
+        raise RuntimeError(f"training failed (rc {rc}):\n{''.join(tail)}")
+    return end - first
+
+
+def analyse(run_dir: str, loop_s: float) -> dict:
+    """Step time, evaluation count, phase count and non-step time of one run."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        evs = [json.loads(line) for line in f]
+    steps = [e for e in evs if e["event"] == "train"]
+    step_s = sum(e["step_time_s"] for e in steps)
+    kinds = {}
+    for e in evs:
+        if e["event"] == "phase":
+            kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    return {"loop_s": loop_s, "step_s": step_s, "non_step_s": loop_s - step_s, "steps": len(steps),
+            "evals": sum(e["event"] == "eval" for e in evs), "phases": sum(kinds.values()), "phase_kinds": kinds,
+            "median_step_ms": 1e3 * sorted(e["step_time_s"] for e in steps)[len(steps) // 2]}
+
+
+def bench(args: argparse.Namespace, work: str) -> dict:
+    """Time every method (best of --repeats by loop time) and return the per-method analyses."""
+    prefixes = make_data(os.path.join(work, "data"), num_docs=args.num_docs)
+    cache = os.path.join(work, "cache")
+    results = {}
+    for name, flags in METHODS.items():
+        best = None
+        for rep in range(args.repeats):
+            run = os.path.join(work, f"{name}-{rep}")
+            over = {**flags, "--mixing-update-interval": args.interval, "--eval-samples-per-domain": args.eval_samples,
+                    "--skip-test": True, "--log-interval": 1, "--lr": 1e-3, "--min-lr": 1e-4}
+            run_args = tiny_args(prefixes, run, cache, iters=args.train_iters, **over)
+            result = analyse(run, timed_launch(run_args, args.nproc))
+            if best is None or result["loop_s"] < best["loop_s"]:
+                best = result
+        results[name] = best
+        print(f"  {name:<12} loop {best['loop_s']:7.2f}s  steps {best['step_s']:7.2f}s  "
+              f"evals {best['evals']:3d}  phases {best['phases']:3d}", flush=True)
+    return results
+
+
+def breakdown(res: dict) -> dict:
+    """Ratios to stratified and the attribution of Aioli's extra time."""
+    base = res["stratified"]
+    val, train = res["aioli-val"], res["aioli-train"]
+    d_evals = val["evals"] - train["evals"]
+    t_eval = (val["non_step_s"] - train["non_step_s"]) / d_evals if d_evals else float("nan")
+    out = {"t_eval_s": t_eval, "median_step_ms": base["median_step_ms"]}
+    for name in ("aioli-val", "aioli-train"):
+        r = res[name]
+        extra_evals = r["evals"] - base["evals"]
+        out[name] = {"ratio": r["loop_s"] / base["loop_s"], "extra_s": r["loop_s"] - base["loop_s"],
+                     "extra_evals": extra_evals, "extra_eval_s": extra_evals * t_eval,
+                     "extra_step_s": r["step_s"] - base["step_s"],
+                     "phase_overhead_s": r["non_step_s"] - base["non_step_s"] - extra_evals * t_eval,
+                     "extra_phases": r["phases"] - base["phases"]}
+    return out
+
+
+def print_table(res: dict, bd: dict) -> None:
+    """The ratio table and where the extra time goes."""
+    print(f"\n{'method':<12}{'loop s':>9}{'ratio':>8}{'evals':>7}{'phases':>8}{'extra s':>9}"
+          f"{'in evals':>10}{'in steps':>10}{'in phases':>11}")
+    print("-" * 84)
+    base = res["stratified"]
+    print(f"{'stratified':<12}{base['loop_s']:>9.2f}{1.0:>8.3f}{base['evals']:>7d}{base['phases']:>8d}")
+    for name in ("aioli-val", "aioli-train"):
+        r, b = res[name], bd[name]
+        print(f"{name:<12}{r['loop_s']:>9.2f}{b['ratio']:>8.3f}{r['evals']:>7d}{r['phases']:>8d}{b['extra_s']:>9.2f}"
+              f"{b['extra_eval_s']:>10.2f}{b['extra_step_s']:>10.2f}{b['phase_overhead_s']:>11.2f}")
+    print(f"\none evaluation pass: {bd['t_eval_s'] * 1e3:.0f} ms = {bd['t_eval_s'] * 1e3 / bd['median_step_ms']:.1f} "
+          f"optimizer steps (median step {bd['median_step_ms']:.1f} ms)")
+    ok = bd["aioli-val"]["ratio"] <= 1.15
+    print(f"aioli-val ratio {bd['aioli-val']['ratio']:.3f}: target <= 1.15 {'met' if ok else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-iters", type=int, default=400)
+    ap.add_argument("--interval", type=int, default=200, help="--mixing-update-interval (Aioli round U)")
+    ap.add_argument("--eval-samples", type=int, default=64, help="--eval-samples-per-domain (the flag's default)")
+    ap.add_argument("--num-docs", type=int, default=400, help="fixture documents per domain")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write the measurements as JSON")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_mixing-") as work:
+        res = bench(args, work)
+    bd = breakdown(res)
+    print_table(res, bd)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"config": vars(args), "runs": res, "breakdown": bd}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
