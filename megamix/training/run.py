@@ -18,7 +18,7 @@ from megamix.mixing.weights_file import write_weights_file
 from megamix.model.fused import announce
 from megamix.model.gpt import GPT
 from megamix.training.checkpoint import (atomic_write_text, config_differences, find_checkpoint, load_checkpoint,
-                                         rng_state, save_checkpoint, set_rng_state)
+                                         rng_state, save_checkpoint, set_rng_state, tag_for)
 from megamix.training.config import RunConfig
 from megamix.training.distributed import DistInfo
 from megamix.training.engine import build_engine
@@ -85,7 +85,11 @@ class Run:
                                       self.evaluator.batches, tr.zero_stage)
         self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference, scorer)
         self.metrics = MetricsSink(tr.save, dist_info.is_main, cfg.logging.tensorboard_dir)
-        self.state = self._restore() if self.tag else LoopState()
+        if self.tag:
+            self.state = self._restore()
+        else:
+            self.metrics.truncate(0)  # lines of an earlier attempt that died before its first checkpoint
+            self.state = LoopState()
 
     def _restore(self) -> LoopState:
         load_checkpoint(self.engine, self.cfg.training.load, self.tag)
@@ -129,7 +133,7 @@ class Run:
 
     def train(self) -> bool:
         """Run the phase loop; True when the run reached --train-iters."""
-        announce(self.metrics.print)
+        announce(self.metrics.print, self.cfg.model.fused_kernels, self.cfg.optimizer.fused, self.dist.device)
         self._write_run_files()
         loop = PhaseLoop(self.mixer, self.runner, self.blend, self.schedule, self.evaluator, self.engine,
                          self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
@@ -142,7 +146,7 @@ class Run:
 
     def _finish(self) -> None:
         tr = self.cfg.training
-        if tr.save and not (tr.save_interval and self.state.iteration % tr.save_interval == 0):
+        if tr.save and find_checkpoint(tr.save) != tag_for(self.state.iteration):
             self.save(self.state)
         learned = self.mixer.learned_weights()
         if self.cfg.mixing.mixture_out and learned is not None and self.dist.is_main:
