@@ -67,6 +67,24 @@ def _b_from_evals(run: str, rnd: dict, k: int, domains: list[str]) -> np.ndarray
     return b / (len(probes) // k)
 
 
+def _b_from_train(run: str, rnd: dict, k: int, domains: list[str]) -> np.ndarray:
+    """B of one round from the per-step training losses of each probe's two halves (train source)."""
+    train = {e["step"]: e for e in events(run, "train")}
+
+    def mean(ph: dict) -> np.ndarray:
+        steps = [train[s] for s in range(ph["step"] + 1, ph["step"] + ph["steps"] + 1)]
+        tok = np.array([[e["domain_tokens"][d] for d in domains] for e in steps])
+        loss = np.array([[e["domain_loss"][d] or 0.0 for d in domains] for e in steps])
+        return (loss * tok).sum(axis=0) / tok.sum(axis=0)
+
+    b = np.zeros((k, k))
+    probes = [p for p in events(run, "phase") if p["kind"] == "probe" and p["info"]["round"] == rnd["round"]]
+    for first, second in zip(probes[::2], probes[1::2]):
+        assert (first["info"]["half"], second["info"]["half"]) == (0, 1)
+        b[:, domains.index(first["info"]["domain"])] += 2.0 * (mean(first) - mean(second))
+    return b / (len(probes) // (2 * k))
+
+
 def recompute_rounds(run: str, eta: float, gamma: float | None, f: float = 0.75, val_source: bool = True) -> None:
     """Check every aioli_round record against an independent numpy recomputation."""
     rounds = [r for r in events(run, "aioli_round") if "skipped" not in r]
@@ -80,6 +98,8 @@ def recompute_rounds(run: str, eta: float, gamma: float | None, f: float = 0.75,
         b = np.array(r["B"])
         if val_source:
             np.testing.assert_allclose(b, _b_from_evals(run, r, k, domains), rtol=0, atol=1e-12)
+        else:
+            np.testing.assert_allclose(b, _b_from_train(run, r, k, domains), rtol=0, atol=1e-9)
         a = b @ np.linalg.inv(q.T)
         np.testing.assert_allclose(r["A"], a, rtol=0, atol=1e-12)
         an = a - a.min() if a.min() < 0 else a.copy()
@@ -108,8 +128,8 @@ def test_aioli_val_rounds_recompute_exactly(data, tmp_path):
 
 @pytest.mark.slow
 def test_aioli_train_loss_source(data, tmp_path):
-    run = _run(data, tmp_path / "aioli_train", 24, **AIOLI, **{"--aioli-loss-source": "train",
-                                                                 "--aioli-lp-steps": 4, "--mixing-update-interval": 16})
+    run = _run(data, tmp_path / "aioli_train", 24, **{**AIOLI, "--aioli-loss-source": "train",
+                                                       "--aioli-lp-steps": 4, "--mixing-update-interval": 16})
     check_weights(run, 24)
     assert not [e for e in events(run, "eval") if e["step"] < 12]  # no evaluation passes during probes
     recompute_rounds(run, eta=1.0, gamma=None, val_source=False)
