@@ -178,10 +178,15 @@ def test_config_errors():
         AioliMixer(ctx(), AioliConfig(), 60)
     with pytest.raises(ValueError, match="one-hot-factor"):
         AioliMixer(ctx(), AioliConfig(one_hot_factor=0.3), 200)
-    with pytest.raises(ValueError, match="--aioli-prior"):
-        AioliConfig(prior_steps=10)
     with pytest.raises(ValueError, match="--aioli-update"):
         AioliConfig(update="sometimes")
+
+
+def test_prior_steps_without_prior_warm_up_on_uniform():
+    mixer = AioliMixer(ctx(), AioliConfig(prior_steps=10), 200)
+    first = mixer.next_phase(0, 1000)
+    assert first.kind == "prior" and first.steps == 10
+    assert np.allclose(first.weights, 1.0 / mixer.ctx.num_domains)
 
 
 def test_seed_changes_probe_order_only():

@@ -37,7 +37,7 @@ class AioliConfig:
     prior: str | None = None
     """Weights file of prior proportions, the EG starting point (--aioli-prior)."""
     prior_steps: int = 0
-    """Steps trained on the prior before the first round (--aioli-prior-steps)."""
+    """Steps trained on the prior (uniform without --aioli-prior) before the first round (--aioli-prior-steps)."""
     loss_source: str = "val"
     """'val' (evaluate after each probe) or 'train' (probe training losses) (--aioli-loss-source)."""
 
@@ -55,8 +55,6 @@ class AioliConfig:
             raise ValueError(f"--aioli-update must be 'cumulative' or 'reset', got {self.update!r}")
         if self.prior_steps < 0:
             raise ValueError(f"--aioli-prior-steps must be >= 0, got {self.prior_steps}")
-        if self.prior_steps > 0 and self.prior is None:
-            raise ValueError("--aioli-prior-steps needs --aioli-prior FILE (the weights to train on)")
         if self.loss_source not in ("val", "train"):
             raise ValueError(f"--aioli-loss-source must be 'val' or 'train', got {self.loss_source!r}")
 
