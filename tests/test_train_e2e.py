@@ -36,7 +36,7 @@ def test_trains_and_reports(data, tmp_path):
         recombined = sum(e["domain_loss"][d] * tokens[d] for d in tokens if tokens[d]) / total
         assert math.isclose(recombined, e["loss"], rel_tol=1e-9)
     evals = events(run, "eval")
-    assert [e["step"] for e in evals] == [10, 20, 30]
+    assert [e["step"] for e in evals] == [0, 10, 20, 30]
     assert set(evals[-1]["val_loss"]) == {"code", "prose", "math"}
     with open(os.path.join(run, "test_results.json")) as f:
         res = json.load(f)

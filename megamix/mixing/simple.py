@@ -8,7 +8,7 @@ from megamix.mixing.base import Mixer, MixerContext, Phase, as_simplex
 
 
 class FixedMixer(Mixer):
-    """Trains at one fixed mixture, in phases of ``interval`` steps with an evaluation after each."""
+    """Trains at one fixed mixture, in phases of ``interval`` steps, evaluating at step 0 and after each phase."""
 
     name = "static"
 
@@ -16,9 +16,13 @@ class FixedMixer(Mixer):
         super().__init__(ctx)
         self.weights = as_simplex(weights, ctx.num_domains, f"{self.name} weights")
         self.interval = interval
+        self._start_evaluated = False
 
     def next_phase(self, step: int, remaining: int) -> Phase:
-        """One more interval at the fixed weights, evaluated at its end."""
+        """An evaluation of the untrained model first, then intervals at the fixed weights, each evaluated."""
+        if step == 0 and not self._start_evaluated:
+            self._start_evaluated = True
+            return Phase(self.weights, 0, evaluate=True, kind="eval")
         return Phase(self.weights, min(self.interval, remaining), evaluate=True)
 
     def learned_weights(self) -> np.ndarray:

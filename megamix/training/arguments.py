@@ -148,7 +148,7 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
         skip_test=args.skip_test)
     return RunConfig(
         model=_model_config(args, vocab_size), data=data, optimizer=optimizer, training=training,
-        mixing=mixing_config_from_args(args, weights),
+        mixing=mixing_config_from_args(args, weights, [s.name for s in specs]),
         logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir),
         tokenizer=tokenizer,
     )
