@@ -34,6 +34,7 @@ class QualitySpec:
     round_length: int = 50
     lp_rounds: int = 1
     lp_steps: int = 4
+    aioli_warmup: int = 50
 
     def describe(self) -> str:
         """One paragraph stating the model and recipe (printed and written with the table)."""
@@ -42,7 +43,8 @@ class QualitySpec:
                 f"{self.global_batch} samples ({self.global_batch * self.seq_length} tokens/step), AdamW lr {self.lr} "
                 f"cosine to {self.min_lr}, warmup {self.warmup}; {self.nproc} CPU processes (gloo, fp32). Eval: "
                 f"{self.eval_samples} validation samples per domain; test: {self.test_samples} test samples per "
-                f"domain. Aioli: round U={self.round_length}, k={self.lp_rounds}, s={self.lp_steps}, f=0.75, eta=1.")
+                f"domain. Aioli: round U={self.round_length}, k={self.lp_rounds}, s={self.lp_steps}, f=0.75, eta=1, "
+                f"first round after {self.aioli_warmup} warm-up steps on the start mixture (--aioli-prior-steps).")
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -66,7 +68,7 @@ class QualitySpec:
     def aioli_flags(self) -> list[str]:
         """Aioli's hyperparameters at this scale."""
         return ["--mixing-method", "aioli", "--aioli-lp-rounds", str(self.lp_rounds),
-                "--aioli-lp-steps", str(self.lp_steps)]
+                "--aioli-lp-steps", str(self.lp_steps), "--aioli-prior-steps", str(self.aioli_warmup)]
 
 
 def _done(run_dir: str) -> bool:
