@@ -106,3 +106,35 @@ def test_unknown_flag_fails(data, tmp_path):
     prefixes, cache = data
     proc = _bad(tiny_args(prefixes, str(tmp_path / "r"), cache) + ["--no-such-flag", "1"])
     assert proc.returncode == 2 and "--no-such-flag" in proc.stderr
+
+
+def _example(run_dir: str, port: int, iters: int = 40) -> tuple[list[str], dict]:
+    env = dict(os.environ, RUN_DIR=run_dir, MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
+               TRAIN_ARGS=f"--micro-batch-size 4 --global-batch-size 16 --train-iters {iters} --lr 3e-3 "
+                          "--mixing-update-interval 20 --aioli-lp-steps 2 --aioli-lp-rounds 1 "
+                          "--eval-samples-per-domain 8 --save-interval 5 --log-interval 1 --skip-test")
+    return ["bash", os.path.join(REPO, "examples", "pretrain_gpt_mix.sh")], env
+
+
+@pytest.mark.slow
+def test_example_script_under_deepspeed_resumes_after_kill(tmp_path):
+    """The launch script (deepspeed launcher, 2 CPU ranks, Aioli) killed mid-run and re-run matches a clean run."""
+    import signal
+    import time
+
+    ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
+    cmd, env = _example(ref, 29611)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    cmd, env = _example(killed, 29612)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not any(e["event"] == "train" and e["step"] >= 23 for e in read_metrics(killed)):
+        assert proc.poll() is None and time.time() < deadline, "the example run ended or stalled before step 23"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    assert _losses_and_weights(killed) == _losses_and_weights(ref)
+    assert len(events(ref, "aioli_round")) == 2
+    assert events(killed, "aioli_round") == events(ref, "aioli_round")
