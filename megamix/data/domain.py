@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 from megamix.data.config import SPLITS, DataConfig
 from megamix.data.helpers import build_sample_idx
 from megamix.data.indexed import IndexedDataset, bin_path, idx_path
+from megamix.fileio import atomic_open, atomic_write_text
 
 CACHE_FORMAT_VERSION = 1
 _ARRAYS = ("doc_idx", "sample_idx", "shuffle_idx")
@@ -66,19 +66,6 @@ def split_documents(num_docs: int, split_weights: tuple[float, float, float], se
 def _file_fingerprint(path: str) -> dict[str, int]:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _dist() -> Any | None:
@@ -188,10 +175,11 @@ class DomainDataset:
         arrays = dict(zip(_ARRAYS, self.build_epoch(epoch)))
         paths = self.cache_paths(epoch)
         for a in _ARRAYS:
-            _atomic_write(paths[a], lambda f, arr=arrays[a]: np.save(f, arr, allow_pickle=False))
+            with atomic_open(paths[a], "wb") as f:
+                np.save(f, arrays[a], allow_pickle=False)
         desc = dict(self.cache_key(epoch), documents=len(self.documents), num_tokens=self.num_tokens,
                     samples_per_epoch=self.samples_per_epoch, files={a: os.path.basename(paths[a]) for a in _ARRAYS})
-        _atomic_write(paths["json"], lambda f: f.write(json.dumps(desc, indent=1, sort_keys=True).encode()))
+        atomic_write_text(paths["json"], json.dumps(desc, indent=1, sort_keys=True))
 
     def prepare(self, num_samples: int) -> None:
         """Make sure the epochs holding samples ``[0, num_samples)`` are cached; collective under a process group."""

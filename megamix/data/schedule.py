@@ -6,9 +6,10 @@ import bisect
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from megamix.fileio import atomic_write_json
 
 SCHEDULE_VERSION = 1
 
@@ -141,18 +142,7 @@ class MixtureSchedule:
 
     def save(self, path: str) -> None:
         """Write the schedule as JSON atomically (temporary file, then rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str) -> "MixtureSchedule":

@@ -5,26 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file renamed when complete."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from megamix.fileio import atomic_write_json
 
 
 def write_weights_file(path: str, domains: Sequence[str], weights: Sequence[float],

@@ -20,6 +20,7 @@ import random
 import numpy as np
 import torch
 
+from megamix.fileio import atomic_write_text
 from megamix.training.distributed import barrier
 
 STATE_FILE = "megamix_state.json"
@@ -29,16 +30,6 @@ RESUMABLE_CHANGES = {
     "training.save", "training.load", "training.save_interval", "training.exit_interval",
     "training.eval_interval", "training.skip_test", "logging.log_interval", "logging.tensorboard_dir",
 }
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def tag_for(iteration: int) -> str:

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from megamix.training.checkpoint import atomic_write_text
+from megamix.fileio import atomic_write_text
 from megamix.training.evaluation import perplexity
 from megamix.training.metrics import MetricsSink
 

@@ -17,7 +17,8 @@ from megamix.mixing.registry import build_mixer
 from megamix.mixing.weights_file import write_weights_file
 from megamix.model.fused import announce
 from megamix.model.gpt import GPT
-from megamix.training.checkpoint import (atomic_write_text, config_differences, find_checkpoint, load_checkpoint,
+from megamix.fileio import atomic_write_text
+from megamix.training.checkpoint import (config_differences, find_checkpoint, load_checkpoint,
                                          rng_state, save_checkpoint, set_rng_state, tag_for)
 from megamix.training.config import RunConfig
 from megamix.training.distributed import DistInfo
