@@ -72,20 +72,23 @@ def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int,
     return _require_ext().build_sample_idx(sizes, doc_idx, _check_seq_length(seq_length), bool(add_extra_token))
 
 
-def normalize_weights(weights: np.ndarray, num_domains: int | None = None) -> np.ndarray:
-    """Weights as float64 summing to 1; ValueError unless finite, >= 0, positive sum (and K entries)."""
-    w = np.asarray(weights, dtype=np.float64)
+def normalize_weights(weights, num_domains: int | None = None, what: str = "weights") -> np.ndarray:
+    """Weights as float64 summing to 1; ValueError naming ``what`` unless finite, >= 0, positive sum, K entries."""
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers, got {weights!r}") from None
     if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {w.shape}")
+        raise ValueError(f"{what} must be a non-empty 1-D sequence, got shape {w.shape}")
     if num_domains is not None and w.size != num_domains:
-        raise ValueError(f"got {w.size} weights; expected one per domain ({num_domains})")
+        raise ValueError(f"{what}: got {w.size} values; expected one per domain ({num_domains})")
     if not np.all(np.isfinite(w)):
-        raise ValueError(f"weights must be finite, got {w.tolist()}")
+        raise ValueError(f"{what} must be finite, got {w.tolist()}")
     if np.any(w < 0):
-        raise ValueError(f"weights must be >= 0, got {w.tolist()}")
+        raise ValueError(f"{what} must be >= 0 (non-negative), got {w.tolist()}")
     total = float(w.sum())
     if not total > 0:
-        raise ValueError(f"weights must have a positive sum, got {w.tolist()}")
+        raise ValueError(f"{what} must have a positive sum, got {w.tolist()}")
     return np.ascontiguousarray(w / total)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from megamix.data.helpers import normalize_weights
 from megamix.fileio import atomic_write_json
 
 SCHEDULE_VERSION = 1
@@ -33,20 +33,7 @@ class Segment:
 
 def _normalised(weights: Sequence[float], num_domains: int) -> tuple[float, ...]:
     """Weights divided by their sum; ValueError naming the problem otherwise."""
-    try:
-        values = [float(w) for w in weights]
-    except (TypeError, ValueError):
-        raise ValueError(f"mixture weights must be numbers, got {weights!r}") from None
-    if len(values) != num_domains:
-        raise ValueError(f"got {len(values)} mixture weights; expected one per domain ({num_domains})")
-    if any(not math.isfinite(w) for w in values):
-        raise ValueError(f"mixture weights must be finite, got {values}")
-    if any(w < 0 for w in values):
-        raise ValueError(f"mixture weights must be >= 0, got {values}")
-    total = sum(values)
-    if total <= 0:
-        raise ValueError(f"mixture weights must have a positive sum, got {values}")
-    return tuple(w / total for w in values)
+    return tuple(normalize_weights(list(weights), num_domains, "mixture weights").tolist())
 
 
 class MixtureSchedule:

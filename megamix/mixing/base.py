@@ -28,22 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from megamix.data.helpers import normalize_weights
+
 KNOWN_SIGNALS = ("excess_loss", "domain_grad_scores")
 
 
 def as_simplex(weights: Any, num_domains: int, what: str = "weights") -> np.ndarray:
     """Validate ``weights`` (finite, non-negative, positive sum, one per domain) and normalise."""
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if w.shape[0] != num_domains:
-        raise ValueError(f"{what}: expected {num_domains} values (one per domain), got {w.shape[0]}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"{what}: values must be finite, got {w.tolist()}")
-    if np.any(w < 0):
-        raise ValueError(f"{what}: values must be non-negative, got {w.tolist()}")
-    total = float(w.sum())
-    if total <= 0:
-        raise ValueError(f"{what}: values must sum to more than 0, got {w.tolist()}")
-    return w / total
+    return normalize_weights(np.asarray(weights, dtype=np.float64).reshape(-1), num_domains, what)
 
 
 @dataclass(frozen=True)
