@@ -29,14 +29,11 @@ class DoGEMixer(_AveragingMixer):
     name = "doge"
 
     def __init__(self, ctx: MixerContext, cfg: DoGEConfig, interval: int) -> None:
-        super().__init__(ctx)
-        self.cfg = cfg
-        self.interval = interval
+        super().__init__(ctx, cfg, interval)
 
     def next_phase(self, step: int, remaining: int) -> Phase:
         """``phase_steps`` steps sampled at w; evaluates every U steps."""
-        steps = self.cfg.phase_steps
-        evaluate = (step + steps) // self.interval > step // self.interval
+        steps, evaluate = self._phase_steps_and_eval(step)
         return Phase(self.w, steps, evaluate=evaluate, kind="proxy", signals=("domain_grad_scores",))
 
     def observe(self, phase: Phase, obs: Observation) -> list[dict]:

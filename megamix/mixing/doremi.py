@@ -26,11 +26,18 @@ def doremi_update(alpha: np.ndarray, excess: np.ndarray, step_size: float, smoot
 class _AveragingMixer(Mixer):
     """Shared state of the per-step proxies: current weights and their step-weighted average."""
 
-    def __init__(self, ctx: MixerContext) -> None:
+    def __init__(self, ctx: MixerContext, cfg, interval: int) -> None:
         super().__init__(ctx)
+        self.cfg = cfg
+        self.interval = interval
         self.w = np.full(ctx.num_domains, 1.0 / ctx.num_domains)
         self.avg_sum = np.zeros(ctx.num_domains)
         self.avg_steps = 0
+
+    def _phase_steps_and_eval(self, step: int) -> tuple[int, bool]:
+        """The next phase's length and whether it ends on a multiple of the update interval U."""
+        steps = self.cfg.phase_steps
+        return steps, (step + steps) // self.interval > step // self.interval
 
     def _accumulate(self, steps: int) -> None:
         """Count the (updated) weights for ``steps`` steps in the time average."""
@@ -58,14 +65,11 @@ class DoReMiMixer(_AveragingMixer):
     name = "doremi"
 
     def __init__(self, ctx: MixerContext, cfg: DoReMiConfig, interval: int) -> None:
-        super().__init__(ctx)
-        self.cfg = cfg
-        self.interval = interval
+        super().__init__(ctx, cfg, interval)
 
     def next_phase(self, step: int, remaining: int) -> Phase:
         """``phase_steps`` steps at uniform sampling with loss weights α; evaluates every U steps."""
-        steps = self.cfg.phase_steps
-        evaluate = (step + steps) // self.interval > step // self.interval
+        steps, evaluate = self._phase_steps_and_eval(step)
         k = self.ctx.num_domains
         return Phase(np.ones(k), steps, evaluate=evaluate, kind="proxy", loss_weights=self.w,
                      signals=("excess_loss",))
