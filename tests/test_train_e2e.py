@@ -21,8 +21,9 @@ def data(tmp_path_factory):
 
 def test_trains_and_reports(data, tmp_path):
     prefixes, cache = data
-    run = str(tmp_path / "run")
-    launch(tiny_args(prefixes, run, cache, iters=30))
+    run, tb = str(tmp_path / "run"), str(tmp_path / "tb")
+    launch(tiny_args(prefixes, run, cache, iters=30, **{"--tensorboard-dir": tb}))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
     train = events(run, "train")
     assert [e["step"] for e in train] == list(range(1, 31))
     first = sum(e["loss"] for e in train[:3]) / 3
