@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the preprocessing; returns the exit status."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    # A process started in the background of a non-interactive shell inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler: install it explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         config = PreprocessConfig(
             inputs=args.input, output_prefix=args.output_prefix, json_keys=tuple(args.json_keys),
