@@ -44,3 +44,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (with a final newline) to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike, label: str) -> Any:
+    """The parsed JSON of ``path``; errors start with ``label`` (e.g. the flag that named the file)."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{label}: not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{label}: not valid JSON (line {err.lineno}: {err.msg})") from None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
+
+from megamix.fileio import read_json
 
 from megamix.mixing import law
 from megamix.mixing.base import Mixer, MixerContext, Observation, Phase
@@ -13,13 +14,7 @@ from megamix.mixing.config import SkillItConfig
 
 def read_skill_graph(path: str, domains: tuple[str, ...]) -> np.ndarray:
     """G (K×K) from a graph file {"domains": [...], "graph": K×K}, rows/cols matched by name."""
-    try:
-        with open(path) as fh:
-            obj = json.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--skillit-graph {path}: not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--skillit-graph {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    obj = read_json(path, f"--skillit-graph {path}")
     names, graph = obj.get("domains"), obj.get("graph")
     if not isinstance(names, list) or graph is None:
         raise ValueError(f"--skillit-graph {path}: expected {{\"domains\": [...], \"graph\": K×K}}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from megamix.fileio import atomic_write_json
+from megamix.fileio import atomic_write_json, read_json
 
 
 def write_weights_file(path: str, domains: Sequence[str], weights: Sequence[float],
@@ -28,13 +27,7 @@ def write_weights_file(path: str, domains: Sequence[str], weights: Sequence[floa
 
 def _load_mapping(path: str) -> dict[str, Any]:
     """The file's {domain: weight} mapping, from either accepted layout."""
-    try:
-        with open(path) as fh:
-            obj = json.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"weights file {path}: not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"weights file {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    obj = read_json(path, f"weights file {path}")
     if not isinstance(obj, dict):
         raise ValueError(f"weights file {path}: expected a JSON object, got {type(obj).__name__}")
     if "domains" in obj or "weights" in obj:
