@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the run, train it, report; return the exit code."""
     from megamix.data.tokenizer import TokenizerConfig
     from megamix.training.arguments import config_from_args, parse_args
-    from megamix.training.distributed import init_distributed
+    from megamix.training.distributed import init_distributed, shutdown_distributed
     from megamix.training.run import Run
 
     _default_accelerator()
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain_gpt_mix.py: error: {e}", file=sys.stderr)
         return 2
     run.train()
+    shutdown_distributed()
     return 0
 
 

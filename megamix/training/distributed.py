@@ -104,3 +104,15 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shutdown_distributed() -> None:
+    """Leave the job cleanly at a normal end: wait for every rank, then tear the group down.
+
+    Without this, a rank that finishes first exits while the others still hold gloo
+    connections to it, and their background threads can abort the process at exit
+    ("terminate called without an active exception").
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
