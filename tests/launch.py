@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("code", "prose", "math")
@@ -59,23 +57,16 @@ def launch(args: list[str], nproc: int = 2, timeout: float = 300) -> subprocess.
     return proc
 
 
-def launch_and_kill(args: list[str], run_dir: str, kill_after_step: int, nproc: int = 2, timeout: float = 300) -> None:
-    """Start a job and SIGKILL its whole process group once metrics.jsonl shows ``kill_after_step``."""
-    proc = subprocess.Popen(torchrun_cmd(args, nproc), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"job ended (rc {proc.returncode}) before step {kill_after_step}")
-            if max_train_step(run_dir) >= kill_after_step:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("timed out waiting for the job to reach the kill step")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def launch_and_crash(args: list[str], crash_after_step: int, nproc: int = 2, timeout: float = 300) -> None:
+    """Run a job whose rank 0 is SIGKILLed right after step ``crash_after_step``; check it died there."""
+    cmd = torchrun_cmd(args, nproc)
+    script = cmd.index(os.path.join(REPO, "pretrain_gpt_mix.py"))
+    cmd[script:script + 1] = [os.path.join(REPO, "tests", "crash_after_step.py"), str(crash_after_step)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    marker = f"crash_after_step: SIGKILL rank 0 after step {crash_after_step}"
+    if proc.returncode == 0 or marker not in proc.stderr:
+        raise AssertionError(f"expected a crash after step {crash_after_step}, got rc {proc.returncode}:\n"
+                             f"{proc.stderr[-4000:]}")
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -85,12 +76,6 @@ def read_metrics(run_dir: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.endswith("\n")]
-
-
-def max_train_step(run_dir: str) -> int:
-    """The last step with a 'train' event (0 when none)."""
-    steps = [e["step"] for e in read_metrics(run_dir) if e["event"] == "train"]
-    return max(steps, default=0)
 
 
 def events(run_dir: str, kind: str) -> list[dict]:

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import REPO, events, launch, launch_and_kill, make_data, read_metrics, tiny_args
+from launch import REPO, events, launch, launch_and_crash, make_data, read_metrics, tiny_args
 
 AIOLI = {"--mixing-method": "aioli", "--aioli-lp-rounds": 1, "--aioli-lp-steps": 2, "--skip-test": True}
 
@@ -222,8 +222,8 @@ def test_aioli_resume_mid_probe_is_exact(data, tmp_path):
     ref = _run(data, tmp_path / "ref", 24, **over)
     run = str(tmp_path / "killed")
     args = tiny_args(prefixes, run, cache, iters=24, **over)
-    launch_and_kill(args, run, kill_after_step=10)  # last checkpoint at 9: inside probe 2 of round 0
-    launch(args)
+    launch_and_crash(args, crash_after_step=10)  # last checkpoint at 9: inside probe 2 of round 0
+    assert f"resumed from {run}/iter_0000009 at iteration 9" in launch(args).stdout
     assert [e["step"] for e in events(run, "train")] == list(range(1, 25))
     assert _strip(events(run, "aioli_round")) == _strip(events(ref, "aioli_round"))
     assert [e["loss"] for e in events(run, "train")] == [e["loss"] for e in events(ref, "train")]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from launch import REPO, events, launch, launch_and_kill, make_data, read_metrics, tiny_args
+from launch import REPO, events, launch, launch_and_crash, make_data, read_metrics, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +70,16 @@ def test_kill_and_resume_is_exact(data, tmp_path, stage):
     over = {"--zero-stage": stage, "--save-interval": 4, "--skip-test": True}
     launch(tiny_args(prefixes, ref_dir, cache, iters=24, **over))
     args = tiny_args(prefixes, run_dir, cache, iters=24, **over)
-    launch_and_kill(args, run_dir, kill_after_step=14)
-    launch(args)
+    launch_and_crash(args, crash_after_step=14)
+    assert max(e["step"] for e in events(run_dir, "train")) == 14
+    resumed = launch(args)
+    assert f"resumed from {run_dir}/iter_0000012 at iteration 12" in resumed.stdout
     assert _losses_and_weights(run_dir) == _losses_and_weights(ref_dir)
     strip = lambda evs: [{k: v for k, v in e.items() if k not in ("tokens_per_s", "step_time_s")} for e in evs]  # noqa: E731
+    assert strip(read_metrics(run_dir)) == strip(read_metrics(ref_dir))
+    # launching a finished run again is a clean no-op (it once aborted at exit under ZeRO-3)
+    again = launch(args)
+    assert f"resumed from {run_dir}/iter_0000024 at iteration 24" in again.stdout
     assert strip(read_metrics(run_dir)) == strip(read_metrics(ref_dir))
 
 
