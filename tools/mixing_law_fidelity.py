@@ -17,6 +17,9 @@ Design (one process, CPU or one GPU, no DeepSpeed):
    samples that come after the run's last scheduled segment, so no probe trains on data
    the checkpoint has seen. The optimizer state is fresh (the run's Adam moments are not
    loaded), the iteration and LR schedule are not inherited. Evaluate L'_n; dL_n = L − L'_n.
+   Fresh moments make the first updates sign-like: at a high LR every probe can raise the
+   loss whatever its mixture (mid-run at LR 8e-4 on the quick benchmark's model), and A*
+   then says nothing; the tool warns when that happens — lower ``--probe-lr`` (1e-4 there).
 4. Fit A* by least squares, dL_n ≈ A* p_n (``law.fit_linear_dynamic``), report the law's
    R² on the probes, and the agreement of column sums: cosine and Spearman.
 
@@ -43,21 +46,13 @@ from megamix.data.domain import build_domain_datasets  # noqa: E402
 from megamix.data.schedule import MixtureSchedule  # noqa: E402
 from megamix.mixing import fidelity  # noqa: E402
 from megamix.mixing.skillit import read_skill_graph  # noqa: E402
-from megamix.fileio import atomic_write_json  # noqa: E402
+from megamix.fileio import atomic_write_json, read_json  # noqa: E402
 from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
 from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
 from megamix.training.config import OptimizerConfig  # noqa: E402
 from megamix.training.engine import lr_at, param_groups  # noqa: E402
 from megamix.training.evaluation import Evaluator  # noqa: E402
 from megamix.training.reference import load_state_dict_from_checkpoint  # noqa: E402
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not found (is this a megamix run directory?)") from None
 
 
 def _read_events(path: str) -> list[dict]:
@@ -72,7 +67,8 @@ class RunView:
 
     def __init__(self, run_dir: str, eval_samples: int | None) -> None:
         self.dir = run_dir
-        cfg = _read_json(os.path.join(run_dir, "config.json"))
+        config = os.path.join(run_dir, "config.json")
+        cfg = read_json(config, config)
         self.cfg = cfg
         self.domains = list(cfg["domains"])
         self.method = cfg["mixing"]["method"]
@@ -88,7 +84,8 @@ class RunView:
         if tag is None:
             raise ValueError(f"{run_dir}: no checkpoint ('latest' file missing); run with --save")
         self.tag = tag
-        self.client = _read_json(os.path.join(run_dir, tag, STATE_FILE))
+        state = os.path.join(run_dir, tag, STATE_FILE)
+        self.client = read_json(state, state)
         self.iteration = int(self.client["loop"]["iteration"])
         self.events = _read_events(os.path.join(run_dir, "metrics.jsonl"))
 
@@ -183,6 +180,9 @@ def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | N
         dl.append(before - after)
         log(f"probe {n + 1}/{len(p)} p={np.round(weights, 3).tolist()} avg dL={float(np.mean(dl[-1])):.4f}")
     dl = np.asarray(dl)
+    if np.all(dl.mean(axis=1) < 0):
+        log(f"warning: every probe raised the loss at LR {lr:.3g} (fresh Adam moments); A* is unreliable, "
+            "try a lower --probe-lr")
     a_star, r2 = fidelity.fit_a_star(p, dl)
     report = {"run": os.path.abspath(run_dir), "checkpoint": run.tag, "iteration": run.iteration,
               "method": run.method, "method_a_source": source, "domains": run.domains,
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
     try:
-        k = len(_read_json(os.path.join(args.run, "config.json"))["domains"])
+        config = os.path.join(args.run, "config.json")
+        k = len(read_json(config, config)["domains"])
         cfg = fidelity.FidelityConfig(num_probes=args.num_probes or 2 * k + 2, probe_steps=args.probe_steps,
                                       one_hot_factor=args.one_hot_factor, seed=args.seed)
         report = run_report(args.run, cfg, args.eval_samples_per_domain, args.probe_lr, args.a_key)
