@@ -55,3 +55,23 @@ def read_json(path: str | os.PathLike, label: str) -> Any:
         raise FileNotFoundError(f"{label}: not found") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{label}: not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSON-lines file (e.g. metrics.jsonl), in order; blank lines skipped.
+
+    A last line without its newline is a record still being written and is left out;
+    any other unparsable line is an error naming ``path:line``.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found")
+    records = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip() or not line.endswith("\n"):
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+    return records

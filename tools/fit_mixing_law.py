@@ -18,7 +18,6 @@ can be compared at equal total compute.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megamix.mixing import law  # noqa: E402
-from megamix.fileio import atomic_write_json  # noqa: E402
+from megamix.fileio import atomic_write_json, read_json, read_jsonl  # noqa: E402
 from megamix.mixing.weights_file import write_weights_file  # noqa: E402
 
 
@@ -34,33 +33,9 @@ class RunError(ValueError):
     """A run directory is missing something or holds something unexpected."""
 
 
-def _load_json(path: str) -> dict:
-    """A JSON file's object, with errors that name the file."""
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise RunError(f"{path}: not found") from None
-    except json.JSONDecodeError as err:
-        raise RunError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-
-
 def read_events(path: str, kind: str) -> list[dict]:
     """All events of ``kind`` in a metrics.jsonl, in file order."""
-    if not os.path.exists(path):
-        raise RunError(f"{path}: not found")
-    events = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RunError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if ev.get("event") == kind:
-                events.append(ev)
-    return events
+    return [ev for ev in read_jsonl(path) if ev.get("event") == kind]
 
 
 def _named(values: dict, domains: list[str], where: str) -> np.ndarray:
@@ -88,14 +63,14 @@ def run_weights(run: str, config: dict, domains: list[str]) -> np.ndarray:
 
 def load_run(run: str, loss: str = "val") -> dict:
     """A run's domains, mixture, first/last per-domain losses and steps trained."""
-    config = _load_json(os.path.join(run, "config.json"))
+    config = read_json(os.path.join(run, "config.json"), os.path.join(run, "config.json"))
     domains = config.get("domains")
     if not isinstance(domains, list) or not domains:
         raise RunError(f"{run}/config.json: expected a 'domains' list")
     metrics = os.path.join(run, "metrics.jsonl")
     evals = read_events(metrics, "eval")
     if loss == "test":
-        res = _load_json(os.path.join(run, "test_results.json"))
+        res = read_json(os.path.join(run, "test_results.json"), os.path.join(run, "test_results.json"))
         last = _named(res.get("test_loss", {}), domains, f"{run}/test_results.json test_loss")
     else:
         if not evals:
@@ -187,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             weights, info = fit_grid(runs) if args.method == "grid" else fit_dml(runs, args.seed)
             write_weights_file(args.out, domains, weights, {**meta, **info})
-    except (RunError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"fit_mixing_law: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")

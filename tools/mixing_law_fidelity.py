@@ -31,7 +31,6 @@ comparison take a checkpoint near that round (``--save-interval``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -46,20 +45,13 @@ from megamix.data.domain import build_domain_datasets  # noqa: E402
 from megamix.data.schedule import MixtureSchedule  # noqa: E402
 from megamix.mixing import fidelity  # noqa: E402
 from megamix.mixing.skillit import read_skill_graph  # noqa: E402
-from megamix.fileio import atomic_write_json, read_json  # noqa: E402
+from megamix.fileio import atomic_write_json, read_json, read_jsonl  # noqa: E402
 from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
 from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
 from megamix.training.config import OptimizerConfig  # noqa: E402
 from megamix.training.engine import lr_at, param_groups  # noqa: E402
 from megamix.training.evaluation import Evaluator  # noqa: E402
 from megamix.training.reference import load_state_dict_from_checkpoint  # noqa: E402
-
-
-def _read_events(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: not found")
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.endswith("\n") and line.strip()]
 
 
 class RunView:
@@ -87,7 +79,7 @@ class RunView:
         state = os.path.join(run_dir, tag, STATE_FILE)
         self.client = read_json(state, state)
         self.iteration = int(self.client["loop"]["iteration"])
-        self.events = _read_events(os.path.join(run_dir, "metrics.jsonl"))
+        self.events = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
 
     def lr(self) -> float:
         """The run's learning rate at the checkpoint's iteration."""
