@@ -3,6 +3,7 @@
 import os
 import sys
 
+
 def _default_accelerator() -> None:
     """DeepSpeed's CPU accelerator (gloo, fp32) when there is no GPU."""
     import torch
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the run, train it, report; return the exit code."""
     from megamix.data.tokenizer import TokenizerConfig
     from megamix.training.arguments import config_from_args, parse_args
-    from megamix.training.distributed import init_distributed, shutdown_distributed
+    from megamix.training.distributed import distributed_session
     from megamix.training.run import Run
 
     _default_accelerator()
@@ -23,15 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tok_cfg = TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
         cfg = config_from_args(args, tok_cfg)
-        dist_info = init_distributed()
-        run = Run(cfg, dist_info)
     except (ValueError, FileNotFoundError) as e:
         print(f"pretrain_gpt_mix.py: error: {e}", file=sys.stderr)
         return 2
-    run.train()
-    shutdown_distributed()
+    with distributed_session() as dist_info:
+        try:
+            run = Run(cfg, dist_info)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"pretrain_gpt_mix.py: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        run.train()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -90,13 +90,13 @@ def _interleaved(cfg, dist_info) -> tuple[list[float], list[float], float]:
 def _worker(a: argparse.Namespace) -> None:
     from megamix.data.tokenizer import TokenizerConfig
     from megamix.training.arguments import config_from_args, parse_args
-    from megamix.training.distributed import init_distributed
+    from megamix.training.distributed import distributed_session
 
     run_dir = os.path.join(a.workdir, "run")
     args = parse_args(_train_args(a.workdir, run_dir, a))
     cfg = config_from_args(args, TokenizerConfig("NullTokenizer", None, 512))
-    dist_info = init_distributed()
-    ours, bare, ours_total = _interleaved(cfg, dist_info)
+    with distributed_session() as dist_info:
+        ours, bare, ours_total = _interleaved(cfg, dist_info)
     if dist_info.is_main:
         skip = min(a.warmup, a.steps - 1)
         o, b = ours[skip:], bare[skip:]

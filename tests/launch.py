@@ -37,7 +37,8 @@ def tiny_args(prefixes: list[str], run_dir: str, cache_dir: str, iters: int = 20
     return args
 
 
-def _env() -> dict:
+def job_env() -> dict:
+    """The environment of a launched job: CPU accelerator, one thread, this repo importable."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -51,7 +52,7 @@ def torchrun_cmd(args: list[str], nproc: int = 2) -> list[str]:
 
 def launch(args: list[str], nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a training job to completion; raises with its output when it fails."""
-    proc = subprocess.run(torchrun_cmd(args, nproc), env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(torchrun_cmd(args, nproc), env=job_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"training failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -62,7 +63,7 @@ def launch_and_crash(args: list[str], crash_after_step: int, nproc: int = 2, tim
     cmd = torchrun_cmd(args, nproc)
     script = cmd.index(os.path.join(REPO, "pretrain_gpt_mix.py"))
     cmd[script:script + 1] = [os.path.join(REPO, "tests", "crash_after_step.py"), str(crash_after_step)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=timeout)
     marker = f"crash_after_step: SIGKILL rank 0 after step {crash_after_step}"
     if proc.returncode == 0 or marker not in proc.stderr:
         raise AssertionError(f"expected a crash after step {crash_after_step}, got rc {proc.returncode}:\n"

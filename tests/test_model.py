@@ -288,32 +288,34 @@ def test_odd_head_dim_is_fine_with_learned_positions():
 ZERO_WORKER = '''
 import json, os, sys
 import torch
-from megamix.training.distributed import init_distributed
+from megamix.training.distributed import distributed_session
 from megamix.model.gpt import GPT, GPTConfig
 import deepspeed
 
 stage, out = int(sys.argv[1]), sys.argv[2]
-rank = init_distributed().rank
-torch.manual_seed(0)
-model = GPT(GPTConfig(**json.loads(sys.argv[3])))
-opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: no Adam amplification of rounding
-cfg = {"zero_allow_untested_optimizer": True, "train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-       "gradient_clipping": 1.0, "zero_optimization": {"stage": stage}, "steps_per_print": 1 << 30}
-engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
-data = torch.tensor(json.loads(sys.argv[4]))
-losses = []
-for step in range(4):
-    seq = data[2 * rank: 2 * rank + 2]
-    loss = engine(seq[:, :-1], seq[:, 1:]).mean()
-    engine.backward(loss)
-    engine.step()
-    t = loss.detach().clone()
-    torch.distributed.all_reduce(t)
-    losses.append(t.item() / 2)
-if rank == 0:
-    with open(out + ".tmp", "w") as f:
-        json.dump(losses, f)
-    os.replace(out + ".tmp", out)
+with distributed_session() as info:  # tears the group down on every rank before exit
+    rank = info.rank
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**json.loads(sys.argv[3])))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: no Adam amplification of rounding
+    cfg = {"zero_allow_untested_optimizer": True, "train_batch_size": 4, "train_micro_batch_size_per_gpu": 2,
+           "gradient_accumulation_steps": 1, "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
+           "steps_per_print": 1 << 30}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    data = torch.tensor(json.loads(sys.argv[4]))
+    losses = []
+    for step in range(4):
+        seq = data[2 * rank: 2 * rank + 2]
+        loss = engine(seq[:, :-1], seq[:, 1:]).mean()
+        engine.backward(loss)
+        engine.step()
+        t = loss.detach().clone()
+        torch.distributed.all_reduce(t)
+        losses.append(t.item() / 2)
+    if rank == 0:
+        with open(out + ".tmp", "w") as f:
+            json.dump(losses, f)
+        os.replace(out + ".tmp", out)
 '''
 
 

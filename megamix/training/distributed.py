@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -97,22 +99,33 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: object) -> object:
-    """Rank 0's ``obj`` on every rank."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def shutdown_distributed() -> None:
-    """Leave the job cleanly at a normal end: wait for every rank, then tear the group down.
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leave the job cleanly: wait for every rank (``wait``), then tear the group down.
 
     Without this, a rank that finishes first exits while the others still hold gloo
     connections to it, and their background threads can abort the process at exit
-    ("terminate called without an active exception").
+    ("terminate called without an active exception"). After an error other ranks may
+    never reach the barrier, so error paths pass ``wait=False``: the group is torn down at
+    once and the other ranks fail fast instead of hanging.
     """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_session() -> Iterator[DistInfo]:
+    """``init_distributed()`` for the body of a ``with``; the group is torn down however it ends.
+
+    A normal end waits for every rank first; an exception (or ``SystemExit``) tears the
+    group down without waiting, then propagates. Entry points, benchmarks and test workers
+    use this so that no process exits with a live process group.
+    """
+    info = init_distributed()
+    try:
+        yield info
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
+    shutdown_distributed(wait=True)
