@@ -142,3 +142,15 @@ def test_example_script_under_deepspeed_resumes_after_kill(tmp_path):
     assert _losses_and_weights(killed) == _losses_and_weights(ref)
     assert len(events(ref, "aioli_round")) == 2
     assert events(killed, "aioli_round") == events(ref, "aioli_round")
+
+
+@pytest.mark.slow
+def test_bf16_with_the_example_deepspeed_config_trains_in_bf16(data, tmp_path):
+    prefixes, cache = data
+    run = str(tmp_path / "bf16")
+    proc = launch(tiny_args(prefixes, run, cache, iters=4, **{
+        "--bf16": True, "--zero-stage": 1, "--skip-test": True,
+        "--deepspeed_config": os.path.join(REPO, "examples", "ds_zero1.json")}))
+    assert "precision: bf16 (parameters bfloat16, gradients accumulated in fp32)" in proc.stdout
+    train = events(run, "train")
+    assert len(train) == 4 and all(math.isfinite(e["loss"]) for e in train)

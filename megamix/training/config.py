@@ -78,7 +78,9 @@ class TrainingConfig:
     precision: str = "fp32"
     """fp32 | bf16 | fp16 (--bf16 / --fp16)."""
     deepspeed_config: str | None = None
-    """A DeepSpeed JSON config that replaces the one built from flags (--deepspeed_config)."""
+    """A DeepSpeed JSON config merged over the one built from flags; it may not contradict them."""
+    tf32: bool = True
+    """Let fp32 matmuls use TF32 on GPUs that have it; --no-tf32 turns it off."""
     save: str | None = None
     """Checkpoint directory, also the run directory for metrics (--save)."""
     load: str | None = None

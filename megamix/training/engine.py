@@ -7,10 +7,9 @@ import math
 
 import torch
 
+from megamix.fileio import read_json
 from megamix.model.fused import make_adam
 from megamix.training.config import OptimizerConfig, TrainingConfig
-
-_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
 def lr_at(step: int, cfg: OptimizerConfig, train_iters: int) -> float:
@@ -29,8 +28,21 @@ def lr_at(step: int, cfg: OptimizerConfig, train_iters: int) -> float:
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * coeff
 
 
+# Settings the flags decide, by their path in the DeepSpeed config: a --deepspeed_config may
+# leave them out, say "auto", or repeat the flags' value; anything else is an error.
+_FLAG_KEYS = {
+    ("train_batch_size",): "--global-batch-size",
+    ("train_micro_batch_size_per_gpu",): "--micro-batch-size",
+    ("gradient_accumulation_steps",): "--global-batch-size / (--micro-batch-size x ranks)",
+    ("gradient_clipping",): "--clip-grad",
+    ("zero_optimization", "stage"): "--zero-stage",
+    ("bf16", "enabled"): "--bf16",
+    ("fp16", "enabled"): "--fp16",
+}
+
+
 def _flag_config(train: TrainingConfig, opt: OptimizerConfig, dp_size: int) -> dict:
-    return {
+    cfg = {
         "train_batch_size": train.global_batch_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.gradient_accumulation_steps(dp_size),
@@ -41,34 +53,90 @@ def _flag_config(train: TrainingConfig, opt: OptimizerConfig, dp_size: int) -> d
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if train.precision == "bf16":
+        cfg["data_types"] = {"grad_accum_dtype": "fp32"}  # bf16 accumulation loses small gradients
+    return cfg
+
+
+def _lookup(d: dict, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (a in (0, 1) and b in (0, 1) and bool(a) == bool(b))
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _check_against_flags(user: dict, cfg: dict, path_name: str) -> None:
+    for path, flag in _FLAG_KEYS.items():
+        theirs = _lookup(user, path)
+        if theirs is None or theirs == "auto":
+            continue
+        ours = _lookup(cfg, path)
+        if not _same(theirs, ours):
+            raise ValueError(f"--deepspeed_config {path_name}: {'.'.join(path)}={json.dumps(theirs)} disagrees with "
+                             f"the flags ({flag} gives {json.dumps(ours)}); make them agree or write \"auto\" "
+                             "in the file to let the flags decide")
+
+
+def _merge(base: dict, user: dict) -> dict:
+    """``user`` over ``base``, section by section; "auto" keeps the base value."""
+    out = dict(base)
+    for key, value in user.items():
+        if value == "auto" or key.startswith("_"):  # "_comment" keys document the file
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def build_ds_config(train: TrainingConfig, opt: OptimizerConfig, dp_size: int) -> dict:
     """The DeepSpeed config: from flags, or ``--deepspeed_config`` checked against the flags.
 
-    A file may add any DeepSpeed section; where it states batch sizes or the ZeRO stage
-    they must agree with the flags, otherwise it is an error naming both.
+    A file may add any DeepSpeed section. Where it states something the flags decide (batch
+    sizes, gradient clipping, ZeRO stage, bf16/fp16) it must say "auto" or agree with the
+    flags, otherwise it is an error naming both: a file never silently overrides a flag.
     """
     cfg = _flag_config(train, opt, dp_size)
     if not train.deepspeed_config:
         return cfg
-    with open(train.deepspeed_config) as f:
-        try:
-            user = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--deepspeed_config {train.deepspeed_config}: not valid JSON ({e})") from None
-    for key in _BATCH_KEYS:
-        if key in user and user[key] != "auto" and int(user[key]) != cfg[key]:
-            raise ValueError(f"--deepspeed_config {train.deepspeed_config}: {key}={user[key]} disagrees with the "
-                             f"flags (--global-batch-size/--micro-batch-size and {dp_size} ranks give {cfg[key]})")
-    stage = user.get("zero_optimization", {}).get("stage")
-    if stage is not None and train.zero_stage not in (0, stage):
-        raise ValueError(f"--deepspeed_config {train.deepspeed_config}: zero_optimization.stage={stage} "
-                         f"disagrees with --zero-stage {train.zero_stage}")
-    merged = {**cfg, **{k: v for k, v in user.items() if v != "auto"}}
-    for key in _BATCH_KEYS:
-        merged[key] = cfg[key]
-    return merged
+    user = read_json(train.deepspeed_config, f"--deepspeed_config {train.deepspeed_config}")
+    if not isinstance(user, dict):
+        raise ValueError(f"--deepspeed_config {train.deepspeed_config}: expected a JSON object")
+    _check_against_flags(user, cfg, train.deepspeed_config)
+    return _merge(cfg, user)
+
+
+def set_matmul_precision(train: TrainingConfig, device: torch.device) -> None:
+    """TF32 for fp32 matmuls and convolutions on CUDA devices, as ``--no-tf32`` says."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = train.tf32
+        torch.backends.cudnn.allow_tf32 = train.tf32
+
+
+def describe_precision(engine, train: TrainingConfig, device: torch.device) -> str:
+    """One start-up line on what the engine really computes in; raises if it is not what the flags say."""
+    dtype = next(engine.module.parameters()).dtype
+    expected = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
+    if dtype != expected or engine.bfloat16_enabled() != (train.precision == "bf16"):
+        raise RuntimeError(f"the DeepSpeed engine holds {dtype} parameters but the flags ask for {train.precision}")
+    parts = [f"precision: {train.precision} (parameters {str(dtype).replace('torch.', '')}"]
+    if train.precision == "bf16":
+        parts.append(", gradients accumulated in fp32")
+    parts.append(")")
+    tf32 = ("on" if train.tf32 else "off (--no-tf32)") if device.type == "cuda" else "n/a on " + device.type
+    parts.append(f"; TF32 matmuls: {tf32}")
+    return "".join(parts)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -22,7 +22,7 @@ from megamix.training.checkpoint import (config_differences, find_checkpoint, lo
                                          rng_state, save_checkpoint, set_rng_state, tag_for)
 from megamix.training.config import RunConfig
 from megamix.training.distributed import DistInfo
-from megamix.training.engine import build_engine
+from megamix.training.engine import build_engine, describe_precision, set_matmul_precision
 from megamix.training.evaluation import Evaluator
 from megamix.training.loop import LoopHooks, LoopState, PhaseLoop
 from megamix.training.metrics import MetricsSink
@@ -67,8 +67,10 @@ class Run:
                          else MixtureSchedule(self.domains, tr.global_batch_size))
         self.blend = BlendedDataset(self.train_sets, self.schedule)
         self.blend.sync()
+        set_matmul_precision(tr, dist_info.device)
         self.model = GPT(cfg.model)
         self.engine = build_engine(self.model, tr, cfg.optimizer, dist_info.world_size, dist_info.device)
+        self.precision_line = describe_precision(self.engine, tr, dist_info.device)
         self.layout = StepLayout(tr.global_batch_size, tr.micro_batch_size, cfg.data.seq_length, dist_info.rank,
                                  dist_info.world_size, len(self.domains))
         self.mixer = build_mixer(cfg.mixing, MixerContext(
@@ -135,6 +137,7 @@ class Run:
     def train(self) -> bool:
         """Run the phase loop; True when the run reached --train-iters."""
         announce(self.metrics.print, self.cfg.model.fused_kernels, self.cfg.optimizer.fused, self.dist.device)
+        self.metrics.print(self.precision_line)
         self._write_run_files()
         loop = PhaseLoop(self.mixer, self.runner, self.blend, self.schedule, self.evaluator, self.engine,
                          self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
