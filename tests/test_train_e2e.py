@@ -154,3 +154,16 @@ def test_bf16_with_the_example_deepspeed_config_trains_in_bf16(data, tmp_path):
     assert "precision: bf16 (parameters bfloat16, gradients accumulated in fp32)" in proc.stdout
     train = events(run, "train")
     assert len(train) == 4 and all(math.isfinite(e["loss"]) for e in train)
+
+
+@pytest.mark.slow
+def test_full_recompute_under_zero3_gives_the_same_losses(data, tmp_path):
+    prefixes, cache = data
+    losses = []
+    for name, extra in (("plain", {}), ("recompute", {"--recompute-granularity": "full",
+                                                      "--recompute-method": "uniform", "--recompute-num-layers": 1})):
+        run = str(tmp_path / name)
+        launch(tiny_args(prefixes, run, cache, iters=4, **{"--zero-stage": 3, "--skip-test": True, **extra}))
+        losses.append([e["loss"] for e in events(run, "train")])
+    assert len(losses[0]) == 4
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6, abs=0)

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megamix.model.fused import NORM_CHOICES, NORM_KINDS, make_norm
 from megamix.model.rope import RotaryEmbedding
 
 POSITION_TYPES = ("rope", "learned_absolute")
 ACTIVATIONS = ("swiglu", "gelu")
+RECOMPUTE_GRANULARITIES = ("selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
 
 
 def default_ffn_hidden_size(hidden_size: int, activation: str) -> int:
@@ -65,6 +68,12 @@ class GPTConfig:
     """Biases in the linear layers (--add-bias-linear)."""
     fused_kernels: str = "auto"
     """Norm implementation: auto | apex | none (--fused-kernels)."""
+    recompute_granularity: str | None = None
+    """Activation recompute: None, selective (attention core; --recompute-activations) or full."""
+    recompute_method: str | None = None
+    """For full recompute: uniform (chunks of N layers) or block (the first N layers) (--recompute-method)."""
+    recompute_num_layers: int | None = None
+    """Layers per recomputed chunk (uniform) or recomputed layers (block) (--recompute-num-layers)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_layers", "hidden_size", "num_attention_heads", "seq_length"):
@@ -76,6 +85,7 @@ class GPTConfig:
                              f"--num-attention-heads {self.num_attention_heads}")
         self._check_choices()
         self._check_numbers()
+        self._check_recompute()
         if self.ffn_hidden_size is None:
             self.ffn_hidden_size = default_ffn_hidden_size(self.hidden_size, self.activation)
 
@@ -101,10 +111,36 @@ class GPTConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a probability in [0, 1), "
                                  f"got {getattr(self, name)!r}")
 
+    def _check_recompute(self) -> None:
+        g, m, n = self.recompute_granularity, self.recompute_method, self.recompute_num_layers
+        if g not in (None, *RECOMPUTE_GRANULARITIES):
+            raise ValueError(f"--recompute-granularity: expected one of {'|'.join(RECOMPUTE_GRANULARITIES)}, got {g!r}")
+        if g != "full" and (m is not None or n is not None):
+            raise ValueError("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+        if g == "full":
+            if m not in RECOMPUTE_METHODS:
+                raise ValueError(f"--recompute-granularity full needs --recompute-method "
+                                 f"{'|'.join(RECOMPUTE_METHODS)}, got {m!r}")
+            if n is None:
+                self.recompute_num_layers = n = 1
+            if not isinstance(n, int) or not 1 <= n <= self.num_layers:
+                raise ValueError(f"--recompute-num-layers: expected 1..--num-layers ({self.num_layers}), got {n!r}")
+
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.hidden_size // self.num_attention_heads
+
+
+def _recomputing(module: nn.Module) -> bool:
+    """Recompute only pays in training, when a backward pass will follow."""
+    return module.training and torch.is_grad_enabled()
+
+
+def _run_chunk(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
 class CausalSelfAttention(nn.Module):
@@ -117,6 +153,11 @@ class CausalSelfAttention(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.rotary = (RotaryEmbedding(cfg.head_dim, cfg.seq_length, cfg.rotary_base)
                        if cfg.position_embedding_type == "rope" else None)
+        self.recompute_core = cfg.recompute_granularity == "selective"
+
+    def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                              is_causal=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, H] -> [B, S, H]."""
@@ -124,8 +165,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.rotary is not None:
             q, k = self.rotary(q, k)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)
+        if self.recompute_core and _recomputing(self):
+            y = checkpoint(self._core, q, k, v, use_reentrant=False)
+        else:
+            y = self._core(q, k, v)
         return self.dense(y.transpose(1, 2).reshape(b, s, h))
 
 
@@ -207,14 +250,28 @@ class GPT(nn.Module):
         x = self.word_embeddings(tokens)
         if self.position_embeddings is not None:
             x = x + self.position_embeddings(torch.arange(s, device=tokens.device))
-        x = self.embedding_dropout(x)
-        for layer in self.layers:
-            x = layer(x)
+        x = self._run_layers(self.embedding_dropout(x))
         logits = self.output_layer(self.final_norm(x))
         if labels is None:
             return logits
         losses = F.cross_entropy(logits.float().view(b * s, -1), labels.reshape(b * s), reduction="none")
         return losses.view(b, s)
+
+    def _run_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks in order; with full recompute, Megatron's uniform or block checkpointing."""
+        cfg = self.config
+        if cfg.recompute_granularity != "full" or not _recomputing(self):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        n = cfg.recompute_num_layers
+        if cfg.recompute_method == "uniform":  # inputs of chunks of n layers kept, chunks recomputed
+            for start in range(0, len(self.layers), n):
+                x = checkpoint(_run_chunk, self.layers[start:start + n], x, use_reentrant=False)
+            return x
+        for i, layer in enumerate(self.layers):  # block: the first n layers recomputed one by one
+            x = checkpoint(layer, x, use_reentrant=False) if i < n else layer(x)
+        return x
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters (tied weights once); optionally without word/position/output embeddings."""

@@ -39,6 +39,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--add-bias-linear", action="store_true")
     g.add_argument("--fused-kernels", choices=["auto", "apex", "none"], default="auto")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="recompute the attention core in backward (= --recompute-granularity selective)")
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
+    g.add_argument("--recompute-num-layers", type=int, default=None)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -120,7 +125,16 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
         init_method_std=args.init_method_std, rotary_base=args.rotary_base,
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         add_bias_linear=args.add_bias_linear, fused_kernels=args.fused_kernels,
+        recompute_granularity=_recompute_granularity(args), recompute_method=args.recompute_method,
+        recompute_num_layers=args.recompute_num_layers,
     )
+
+
+def _recompute_granularity(args: argparse.Namespace) -> str | None:
+    if args.recompute_activations and args.recompute_granularity not in (None, "selective"):
+        raise ValueError(f"--recompute-activations means --recompute-granularity selective; it contradicts "
+                         f"--recompute-granularity {args.recompute_granularity}")
+    return "selective" if args.recompute_activations else args.recompute_granularity
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -29,6 +29,8 @@ LATEST_FILE = "latest"
 RESUMABLE_CHANGES = {
     "training.save", "training.load", "training.save_interval", "training.exit_interval",
     "training.eval_interval", "training.skip_test", "logging.log_interval", "logging.tensorboard_dir",
+    # activation recompute trades memory for time; the numbers are the same
+    "model.recompute_granularity", "model.recompute_method", "model.recompute_num_layers",
 }
 
 
