@@ -137,6 +137,11 @@ def _recomputing(module: nn.Module) -> bool:
     return module.training and torch.is_grad_enabled()
 
 
+def _numel(p: torch.Tensor) -> int:
+    """Elements of a parameter, also when ZeRO-3 holds only a partition of it (``ds_numel``)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
 def _run_chunk(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         x = layer(x)
@@ -223,16 +228,18 @@ class GPT(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = make_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon, cfg.fused_kernels)
         self.output_layer = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self._init_weights()
+        self.init_weights()
         if not cfg.untie_embeddings_and_output_weights:
             self.output_layer.weight = self.word_embeddings.weight  # one Parameter, two users
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         """Megatron init: N(0, std) weights, output projections std/sqrt(2L), zero biases, unit norms."""
         std = self.config.init_method_std
         scaled = std / math.sqrt(2.0 * self.config.num_layers)
+        seen = set()  # a tied output layer shares the embedding's weight: initialise it once
         for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in seen:
+                seen.add(id(module.weight))
                 is_output_proj = name.endswith(("attn.dense", "mlp.fc2"))
                 nn.init.normal_(module.weight, mean=0.0, std=scaled if is_output_proj else std)
                 if getattr(module, "bias", None) is not None:
@@ -275,11 +282,11 @@ class GPT(nn.Module):
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters (tied weights once); optionally without word/position/output embeddings."""
-        total = sum(p.numel() for p in self.parameters())
+        total = sum(_numel(p) for p in self.parameters())
         if exclude_embeddings:
             embeddings = {id(p): p for m in (self.word_embeddings, self.position_embeddings, self.output_layer)
                           if m is not None for p in m.parameters()}
-            total -= sum(p.numel() for p in embeddings.values())
+            total -= sum(_numel(p) for p in embeddings.values())
         return total
 
     def flops_per_token(self, seq_length: int | None = None) -> float:

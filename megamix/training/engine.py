@@ -9,6 +9,7 @@ import torch
 
 from megamix.fileio import read_json
 from megamix.model.fused import make_adam
+from megamix.model.gpt import GPT, GPTConfig
 from megamix.training.config import OptimizerConfig, TrainingConfig
 
 
@@ -139,12 +140,32 @@ def describe_precision(engine, train: TrainingConfig, device: torch.device) -> s
     return "".join(parts)
 
 
+def build_model(model_cfg: GPTConfig, train: TrainingConfig, opt: OptimizerConfig, dp_size: int) -> GPT:
+    """The GPT; under ZeRO-3 built inside ``deepspeed.zero.Init`` so no rank ever holds it whole.
+
+    Each parameter is partitioned as soon as its layer exists. The Megatron initialisation
+    is then applied to the gathered parameters, one rank's values broadcast, so the
+    weights equal those of the same seed at ZeRO 0-2.
+    """
+    if train.zero_stage < 3:
+        return GPT(model_cfg)
+    import deepspeed
+
+    ds_config = build_ds_config(train, opt, dp_size)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = GPT(model_cfg)  # its init_weights() saw only empty partitions
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+        model.init_weights()
+    return model
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices (ndim >= 2); none on norms and biases (Megatron's rule)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is flat; its full shape is ds_shape
+            (decay if ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -16,13 +16,12 @@ from megamix.mixing.base import MixerContext
 from megamix.mixing.registry import build_mixer
 from megamix.mixing.weights_file import write_weights_file
 from megamix.model.fused import announce
-from megamix.model.gpt import GPT
 from megamix.fileio import atomic_write_text
 from megamix.training.checkpoint import (config_differences, find_checkpoint, load_checkpoint,
                                          rng_state, save_checkpoint, set_rng_state, tag_for)
 from megamix.training.config import RunConfig
 from megamix.training.distributed import DistInfo
-from megamix.training.engine import build_engine, describe_precision, set_matmul_precision
+from megamix.training.engine import build_engine, build_model, describe_precision, set_matmul_precision
 from megamix.training.evaluation import Evaluator
 from megamix.training.loop import LoopHooks, LoopState, PhaseLoop
 from megamix.training.metrics import MetricsSink
@@ -68,7 +67,7 @@ class Run:
         self.blend = BlendedDataset(self.train_sets, self.schedule)
         self.blend.sync()
         set_matmul_precision(tr, dist_info.device)
-        self.model = GPT(cfg.model)
+        self.model = build_model(cfg.model, tr, cfg.optimizer, dist_info.world_size)
         self.engine = build_engine(self.model, tr, cfg.optimizer, dist_info.world_size, dist_info.device)
         self.precision_line = describe_precision(self.engine, tr, dist_info.device)
         self.layout = StepLayout(tr.global_batch_size, tr.micro_batch_size, cfg.data.seq_length, dist_info.rank,
