@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -39,13 +40,27 @@ def tag_for(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode()
+
+
+def _from_b64(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
+
+
 def rng_state() -> dict:
-    """Python, numpy and torch RNG states, JSON-able."""
-    return {
+    """Python, numpy, torch and (on a GPU) this device's CUDA RNG states, JSON-able.
+
+    Data-parallel ranks are seeded alike and draw alike, so rank 0's states are every rank's.
+    """
+    state = {
         "python": base64.b64encode(json.dumps(random.getstate()).encode()).decode(),
         "numpy": base64.b64encode(json.dumps(np.random.get_state(legacy=False), default=_np_default).encode()).decode(),
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "torch": _b64(torch.get_rng_state()),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = _b64(torch.cuda.get_rng_state())
+    return state
 
 
 def _np_default(o):
@@ -61,8 +76,13 @@ def set_rng_state(state: dict) -> None:
     py = json.loads(base64.b64decode(state["python"]))
     random.setstate((py[0], tuple(py[1]), py[2]))
     np.random.set_state(json.loads(base64.b64decode(state["numpy"])))
-    raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
-    torch.set_rng_state(torch.from_numpy(raw))
+    torch.set_rng_state(_from_b64(state["torch"]))
+    if "cuda" in state:
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(_from_b64(state["cuda"]))
+        else:
+            warnings.warn("the checkpoint holds a CUDA RNG state (a GPU run) but no GPU is available: with "
+                          "dropout, the resumed run's masks differ from an uninterrupted run's")
 
 
 def save_checkpoint(engine, save_dir: str, iteration: int, client_state: dict, is_main: bool) -> str:

@@ -8,7 +8,9 @@ micro-batch per rank (all domains' eval sets, rotating), and
 
 Each rank back-propagates only its own samples, grouped by domain (one extra forward and
 backward of the batch in total), and the K + 1 flat gradients are summed over ranks in one
-all-reduce. Parameters must be whole on every rank, so ZeRO stage 3 is refused.
+all-reduce. The K + 1 vectors are kept in the parameters' dtype on the training device
+(refused before training when they would not fit); inner products and norms are taken
+in float64. Parameters must be whole on every rank, so ZeRO stage 3 is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,21 @@ from megamix.data.blend import BlendedDataset
 from megamix.data.sampler import micro_batch_indices
 from megamix.training.distributed import all_reduce_sum
 from megamix.training.step import StepLayout, load_micro_batch
+
+
+def check_buffer_fits(vectors: int, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse before training when ``vectors`` gradient vectors of ``numel`` elements cannot fit on ``device``."""
+    need = vectors * numel * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    if need > 0.8 * free:
+        raise ValueError(f"--mixing-method doge keeps {vectors} gradient vectors of {numel:,} parameters in {dtype} "
+                         f"({need / 2**30:.2f} GiB) but {device} has {free / 2**30:.2f} GiB free: use a smaller "
+                         "model, fewer domains or another method")
 
 
 class DomainGradScorer:
@@ -35,10 +52,12 @@ class DomainGradScorer:
         self.device = device
         self.val_batches = val_batches
         self.params = [p for p in module.parameters() if p.requires_grad]
+        self.dtype = self.params[0].dtype
+        check_buffer_fits(layout.num_domains + 1, sum(p.numel() for p in self.params), self.dtype, device)
 
     def _flat_grad(self, loss: torch.Tensor) -> torch.Tensor:
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
                           for g, p in zip(grads, self.params)])
 
     def _domain_grads(self, step: int) -> torch.Tensor:
@@ -51,7 +70,7 @@ class DomainGradScorer:
                                                   lay.dp_rank, lay.dp_size))
         doms = batch_domains[mine - g0]
         n = sum(p.numel() for p in self.params)
-        grads = torch.zeros(k, n, dtype=torch.float64, device=self.device)
+        grads = torch.zeros(k, n, dtype=self.dtype, device=self.device)
         for d in range(k):
             idx = mine[doms == d]
             for start in range(0, len(idx), lay.micro_batch_size):
@@ -73,9 +92,10 @@ class DomainGradScorer:
         grads = torch.cat([self._domain_grads(step), self._val_grad(step)[None]], dim=0)
         self.module.train(was_training)
         grads = all_reduce_sum(grads)
-        g_dom, g_val = grads[:-1], grads[-1]
-        norms = g_dom.norm(dim=1)
+        g_val = grads[-1].double()
+        norms = torch.stack([row.double().norm() for row in grads[:-1]])  # float64 one row at a time
+        dots = torch.stack([row.double() @ g_val for row in grads[:-1]])
         present = norms > 0
-        mean_norm = norms[present].mean() if present.any() else torch.tensor(1.0, dtype=torch.float64)
-        raw = lr * (g_dom @ g_val) / mean_norm.clamp_min(1e-30)
+        mean_norm = norms[present].mean() if present.any() else norms.new_tensor(1.0)
+        raw = lr * dots / mean_norm.clamp_min(1e-30)
         return raw.clamp(0.0, 5.0 * lr).cpu().numpy()
