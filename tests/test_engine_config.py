@@ -83,3 +83,26 @@ def test_agreeing_values_and_extra_sections_pass(tmp_path):
 def test_invalid_json_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"--deepspeed_config .*ds\.json: not valid JSON \(line 1"):
         _cfg(tmp_path, "{not json")
+
+
+class _StubEngine:
+    def __init__(self) -> None:
+        self.compiled = 0
+
+    def compile(self) -> None:
+        self.compiled += 1
+
+
+@pytest.mark.parametrize("compile_flag", [False, True])
+def test_compile_flag_compiles_the_engine(monkeypatch, compile_flag):
+    import deepspeed
+    import torch
+
+    from megamix.training.engine import build_engine
+
+    stub = _StubEngine()
+    monkeypatch.setattr(deepspeed, "initialize", lambda **kw: (stub, None, None, None))
+    model = torch.nn.Linear(4, 4)
+    build_engine(model, TrainingConfig(micro_batch_size=1, global_batch_size=1, compile=compile_flag),
+                 OptimizerConfig(lr=1e-3, fused="none"), 1, torch.device("cpu"))
+    assert stub.compiled == int(compile_flag)

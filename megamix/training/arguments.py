@@ -80,6 +80,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-stage", type=int, default=0)
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (off by default)")
     g.add_argument("--no-tf32", dest="tf32", action="store_false",
                    help="keep fp32 matmuls in full fp32 on GPUs with TF32 (default: TF32 on)")
     g.add_argument("--deepspeed", action="store_true", help="accepted for Megatron-DeepSpeed compatibility")
@@ -158,7 +159,8 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
     training = TrainingConfig(
         micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
         train_iters=args.train_iters, seed=args.seed, zero_stage=args.zero_stage,
-        precision=_precision(args), deepspeed_config=args.deepspeed_config, tf32=args.tf32, save=args.save,
+        precision=_precision(args), deepspeed_config=args.deepspeed_config, tf32=args.tf32,
+        compile=args.compile, save=args.save,
         load=args.load, save_interval=args.save_interval, eval_interval=args.eval_interval,
         exit_interval=args.exit_interval, test_samples_per_domain=args.test_samples_per_domain,
         skip_test=args.skip_test)

@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = {
     "training.eval_interval", "training.skip_test", "logging.log_interval", "logging.tensorboard_dir",
     # activation recompute trades memory for time; the numbers are the same
     "model.recompute_granularity", "model.recompute_method", "model.recompute_num_layers",
+    "training.compile", "training.tf32",
 }
 
 

@@ -81,6 +81,8 @@ class TrainingConfig:
     """A DeepSpeed JSON config merged over the one built from flags; it may not contradict them."""
     tf32: bool = True
     """Let fp32 matmuls use TF32 on GPUs that have it; --no-tf32 turns it off."""
+    compile: bool = False
+    """torch.compile the model through DeepSpeed's engine.compile() (--compile)."""
     save: str | None = None
     """Checkpoint directory, also the run directory for metrics (--save)."""
     load: str | None = None

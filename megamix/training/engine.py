@@ -189,4 +189,6 @@ def build_engine(model: torch.nn.Module, train: TrainingConfig, opt: OptimizerCo
             optimizer, lambda step: lr_at(step, opt, train.train_iters) / opt.lr)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    if train.compile:
+        engine.compile()  # parameter names (and so checkpoints) stay those of the eager model
     return engine
