@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Pretrain a GPT on several domains with online data mixing, launched by `deepspeed`.
+# Pretrain a GPT on several domains with online data mixing, launched by `deepspeed`
+# (or by `torchrun`: LAUNCHER=torchrun, as examples/pretrain_gpt_mix.slurm does on each node).
 #
 # Environment variables (all optional; defaults train a tiny model on the fixture data
 # that tools/make_fixture_data.py writes to data/tiny):
@@ -11,6 +12,8 @@
 #                                                                        default: aioli
 #   NUM_GPUS       processes per node (CPU processes when there is no GPU)   default: 2
 #   NUM_NODES / HOSTFILE   passed to the deepspeed launcher when set
+#   LAUNCHER       deepspeed | torchrun                                    default: deepspeed
+#   NODE_RANK / MASTER_ADDR  this node's rank and node 0's address (torchrun, several nodes)
 #   MODEL_ARGS     model flags            default: 2 layers, width 64, 4 heads, seq 128
 #   TRAIN_ARGS     batch/length/lr flags  default: micro 4, global 16, 200 iters, lr 3e-3
 #   ZERO_STAGE     DeepSpeed ZeRO stage 0-3                                default: 1
@@ -45,12 +48,20 @@ TRAIN_ARGS=${TRAIN_ARGS:-"--micro-batch-size 4 --global-batch-size 16 --train-it
 --min-lr 3e-4 --lr-warmup-iters 10 --mixing-update-interval 50 --aioli-lp-steps 2 --aioli-lp-rounds 1 \
 --eval-samples-per-domain 16 --save-interval 25 --log-interval 10"}
 
-LAUNCHER=(deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29517}")
-[ -n "${NUM_NODES:-}" ] && LAUNCHER+=(--num_nodes "$NUM_NODES")
-[ -n "${HOSTFILE:-}" ] && LAUNCHER+=(--hostfile "$HOSTFILE")
+case "${LAUNCHER:-deepspeed}" in
+    deepspeed)
+        LAUNCH=(deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29517}")
+        [ -n "${NUM_NODES:-}" ] && LAUNCH+=(--num_nodes "$NUM_NODES")
+        [ -n "${HOSTFILE:-}" ] && LAUNCH+=(--hostfile "$HOSTFILE") ;;
+    torchrun)
+        LAUNCH=(torchrun --nnodes "${NUM_NODES:-1}" --node-rank "${NODE_RANK:-0}" --nproc-per-node "$NUM_GPUS"
+                --master-addr "${MASTER_ADDR:-127.0.0.1}" --master-port "${MASTER_PORT:-29517}") ;;
+    *)
+        echo "pretrain_gpt_mix.sh: LAUNCHER must be deepspeed or torchrun, got '$LAUNCHER'" >&2; exit 2 ;;
+esac
 
 # shellcheck disable=SC2086
-exec "${LAUNCHER[@]}" pretrain_gpt_mix.py \
+exec "${LAUNCH[@]}" pretrain_gpt_mix.py \
     $MODEL_ARGS $TRAIN_ARGS $TOKENIZER_ARGS \
     --data-path $DATA_PATH --split 90,5,5 \
     --mixing-method "$METHOD" --zero-stage "$ZERO_STAGE" \

@@ -167,3 +167,23 @@ def test_full_recompute_under_zero3_gives_the_same_losses(data, tmp_path):
         losses.append([e["loss"] for e in events(run, "train")])
     assert len(losses[0]) == 4
     assert losses[1] == pytest.approx(losses[0], rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_slurm_script_launches_torchrun_per_node(tmp_path):
+    """examples/pretrain_gpt_mix.slurm under stand-in srun/scontrol (one node): torchrun trains the run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho localhost\n")
+    (bin_dir / "srun").write_text('#!/bin/sh\nwhile [ "${1#--}" != "$1" ]; do shift; done\n'
+                                  'SLURM_NODEID=0 exec "$@"\n')
+    for f in ("scontrol", "srun"):
+        os.chmod(bin_dir / f, 0o755)
+    run = str(tmp_path / "slurm")
+    _, env = _example(run, 29613, iters=6)
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", SLURM_JOB_NODELIST="node-a", SLURM_NNODES="1",
+               SLURM_SUBMIT_DIR=REPO, NUM_GPUS="2")
+    proc = subprocess.run(["bash", os.path.join(REPO, "examples", "pretrain_gpt_mix.slurm")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [e["step"] for e in events(run, "train")] == list(range(1, 7))
