@@ -11,10 +11,17 @@ def _default_accelerator() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def _error_once(err: Exception) -> None:
+    """Print an error that every rank raised alike, once (from rank 0)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"pretrain_gpt_mix.py: error: {err}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the run, train it, report; return the exit code."""
     from megamix.data.tokenizer import TokenizerConfig
     from megamix.training.arguments import config_from_args, parse_args
+    from megamix.training.ckpt_verify import CheckpointError
     from megamix.training.distributed import init_distributed, shutdown_distributed
     from megamix.training.run import Run
 
@@ -25,10 +32,19 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args, tok_cfg)
         dist_info = init_distributed()
         run = Run(cfg, dist_info)
+    except CheckpointError as e:  # raised on every rank alike, so the group can still be torn down
+        _error_once(e)
+        shutdown_distributed()
+        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"pretrain_gpt_mix.py: error: {e}", file=sys.stderr)
         return 2
-    run.train()
+    try:
+        run.train()
+    except CheckpointError as e:  # a save that failed (full disk, permissions, I/O): every rank raises it
+        _error_once(e)
+        shutdown_distributed()
+        return 1
     shutdown_distributed()
     return 0
 
