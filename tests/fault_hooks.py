@@ -18,6 +18,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANK0 = os.environ.get("RANK") == "0"
@@ -46,8 +47,14 @@ def _kill_self() -> None:
 
 
 def _sigterm_launcher() -> None:
+    """SIGTERM the launcher, then wait until it has passed the signal on to this rank, so that the
+    ranks agree to stop after this very step (a real scheduler's signal lands at any moment)."""
+    handler = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)  # megamix's ExitSignalHandler
     _say("SIGTERM to the launcher")
     os.kill(os.getppid(), signal.SIGTERM)
+    deadline = time.time() + 20
+    while handler is not None and handler.received is None and time.time() < deadline:
+        time.sleep(0.01)
 
 
 def _kill_in_save(iteration: int) -> None:
