@@ -6,6 +6,7 @@ losses, mixture weights, metrics and final model weights equal the uninterrupted
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -120,7 +121,9 @@ def test_damaged_checkpoint_and_cache_are_named_then_recovered(data, reference, 
     assert f"{js}: not valid JSON" in proc.stderr and "--ckpt-step 14" in proc.stderr
     # a torn index-cache file is derived data: rebuilt, with a warning naming it
     _, cache = data
-    victim = next(os.path.join(cache, f) for f in sorted(os.listdir(cache)) if f.endswith("-doc_idx.npy"))
+    train = sorted(f for f in os.listdir(cache) if f.endswith(".json")
+                   and json.load(open(os.path.join(cache, f)))["split"] == "train")
+    victim = os.path.join(cache, train[0].replace(".json", "-doc_idx.npy"))
     with open(victim, "r+b") as f:
         f.truncate(90)
     resumed = launch(_args(data, str(latest), **{"--ckpt-step": 14}))

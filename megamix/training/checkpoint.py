@@ -7,7 +7,9 @@ Layout of a save directory::
     <save>/latest                   the tag of the newest *complete* checkpoint
 
 ``latest`` is replaced (write + rename) only after every rank finished writing, so a crash
-during a save leaves the previous checkpoint as the one that resumes.
+during a save leaves the previous checkpoint as the one that resumes. ``megamix_state.json``
+also lists every file of the checkpoint with its size and sha256 (see ckpt_verify.py), and a
+save that fails on any rank fails on all of them without touching ``latest``.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ def _commit(save_dir: str, tag: str, iteration: int, client_state: dict) -> list
     """Rank 0: write the sealed client state, then point ``latest`` at ``tag``; the errors, if any."""
     try:
         atomic_write_text(os.path.join(save_dir, tag, STATE_FILE), json.dumps(seal(client_state)))
-        atomic_write_text(os.path.join(save_dir, LATEST_FILE), tag)
         atomic_write_text(os.path.join(save_dir, "latest_checkpointed_iteration.txt"), str(iteration))
+        atomic_write_text(os.path.join(save_dir, LATEST_FILE), tag)  # last: the commit point
     except OSError as err:
         return [f"rank 0: writing {save_dir}/{tag}/{STATE_FILE} and {LATEST_FILE}: {err}"]
     return []
