@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from megamix.data.cache_files import (cache_problem, check_writable, describe_array_files, rank0_then_all,
+                                      warn_rebuild)
 from megamix.data.config import SPLITS, DataConfig
 from megamix.data.helpers import build_sample_idx
 from megamix.data.indexed import IndexedDataset, bin_path, idx_path
 from megamix.fileio import atomic_open, atomic_write_text
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the description records each array's shape, size and sha256
 _ARRAYS = ("doc_idx", "sample_idx", "shuffle_idx")
 _LRU_EPOCHS = 4
 
@@ -66,15 +68,6 @@ def split_documents(num_docs: int, split_weights: tuple[float, float, float], se
 def _file_fingerprint(path: str) -> dict[str, int]:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _dist() -> Any | None:
-    """torch.distributed when a process group is initialised, else None."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
-        return None
-    return dist if dist.is_available() and dist.is_initialized() else None
 
 
 class DomainDataset:
@@ -156,8 +149,18 @@ class DomainDataset:
         return paths
 
     def is_cached(self, epoch: int) -> bool:
-        """True when every file of epoch ``epoch`` is on disk."""
-        return all(os.path.isfile(p) for p in self.cache_paths(epoch).values())
+        """True when every file of epoch ``epoch`` is on disk with the size its description records."""
+        return cache_problem(self.cache_paths(epoch), _ARRAYS, deep=False) is None
+
+    def _ensure_epoch(self, epoch: int) -> None:
+        """Build epoch ``epoch``'s cache unless it is there and matches its description (checksums included)."""
+        paths = self.cache_paths(epoch)
+        problem = cache_problem(paths, _ARRAYS, deep=True)
+        if problem is None:
+            return
+        if any(os.path.exists(p) for p in paths.values()):
+            warn_rebuild(problem)
+        self._write_epoch(epoch)
 
     def build_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Compute (doc_idx, sample_idx, shuffle_idx) of one epoch in memory, without the cache."""
@@ -178,19 +181,17 @@ class DomainDataset:
             with atomic_open(paths[a], "wb") as f:
                 np.save(f, arrays[a], allow_pickle=False)
         desc = dict(self.cache_key(epoch), documents=len(self.documents), num_tokens=self.num_tokens,
-                    samples_per_epoch=self.samples_per_epoch, files={a: os.path.basename(paths[a]) for a in _ARRAYS})
+                    samples_per_epoch=self.samples_per_epoch, files={a: os.path.basename(paths[a]) for a in _ARRAYS},
+                    arrays=describe_array_files(paths, arrays))
         atomic_write_text(paths["json"], json.dumps(desc, indent=1, sort_keys=True))
 
     def prepare(self, num_samples: int) -> None:
         """Make sure the epochs holding samples ``[0, num_samples)`` are cached; collective under a process group."""
         last = max(0, (int(num_samples) - 1) // self.samples_per_epoch)
-        dist = _dist()
+        if self._prepared == 0:
+            rank0_then_all(lambda: check_writable(self.cache_dir))
         for epoch in range(self._prepared, last + 1):
-            if dist is None or dist.get_rank() == 0:
-                if not self.is_cached(epoch):
-                    self._write_epoch(epoch)
-            if dist is not None:
-                dist.barrier()
+            rank0_then_all(lambda: self._ensure_epoch(epoch))
         self._prepared = max(self._prepared, last + 1)
 
     def epoch_arrays(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ from megamix.data.tokenizer import TokenizerConfig
 from megamix.model.gpt import GPTConfig
 from megamix.training.config import LoggingConfig, OptimizerConfig, RunConfig, TrainingConfig
 from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
+from megamix.training.preemption import parse_exit_signals
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,6 +93,12 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--eval-interval", type=int, default=None)
     g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument("--ckpt-step", type=int, default=None,
+                   help="resume from iter_<N> in --load instead of the checkpoint 'latest' names")
+    g.add_argument("--exit-signals", default="SIGTERM,SIGUSR1",
+                   help="signals that make every rank finish its step, save a checkpoint and exit 0; 'none' to off")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="accepted for Megatron compatibility: the handler is on unless --exit-signals none")
     g.add_argument("--skip-test", action="store_true")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--tensorboard-dir", default=None)
@@ -163,7 +170,7 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
         compile=args.compile, save=args.save,
         load=args.load, save_interval=args.save_interval, eval_interval=args.eval_interval,
         exit_interval=args.exit_interval, test_samples_per_domain=args.test_samples_per_domain,
-        skip_test=args.skip_test)
+        skip_test=args.skip_test, ckpt_step=args.ckpt_step, exit_signals=parse_exit_signals(args.exit_signals))
     return RunConfig(
         model=_model_config(args, vocab_size), data=data, optimizer=optimizer, training=training,
         mixing=mixing_config_from_args(args, weights, [s.name for s in specs]),

@@ -97,6 +97,10 @@ class TrainingConfig:
     """Test-split samples per domain in the final report; default all of one epoch, capped at 4096."""
     skip_test: bool = False
     """Do not run the final test report (--skip-test)."""
+    ckpt_step: int | None = None
+    """Resume from the checkpoint of this iteration instead of ``latest`` (--ckpt-step)."""
+    exit_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    """Signals that make every rank finish its step, save and exit 0 (--exit-signals)."""
 
     def __post_init__(self) -> None:
         for flag, v in (("--micro-batch-size", self.micro_batch_size), ("--global-batch-size", self.global_batch_size),
@@ -114,6 +118,10 @@ class TrainingConfig:
                         ("--exit-interval", self.exit_interval)):
             if v is not None and v < 1:
                 raise ValueError(f"{flag} must be >= 1, got {v}")
+        if self.ckpt_step is not None and self.ckpt_step < 0:
+            raise ValueError(f"--ckpt-step must be >= 0, got {self.ckpt_step}")
+        if self.ckpt_step is not None and not self.load:
+            raise ValueError("--ckpt-step needs --load (the directory that holds the checkpoint)")
         if self.deepspeed_config and not os.path.isfile(self.deepspeed_config):
             raise ValueError(f"--deepspeed_config: no such file {self.deepspeed_config}")
 

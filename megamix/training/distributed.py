@@ -129,3 +129,12 @@ def distributed_session() -> Iterator[DistInfo]:
         shutdown_distributed(wait=False)
         raise
     shutdown_distributed(wait=True)
+
+
+def all_gather_object(obj: object) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from megamix.model.gpt import GPT, GPTConfig
-from megamix.training.checkpoint import STATE_FILE, find_checkpoint
+from megamix.training.checkpoint import find_checkpoint
+from megamix.training.ckpt_verify import CheckpointError, check_files, read_state
 
 
 def load_state_dict_from_checkpoint(load_dir: str) -> dict[str, torch.Tensor]:
@@ -16,8 +16,11 @@ def load_state_dict_from_checkpoint(load_dir: str) -> dict[str, torch.Tensor]:
     tag = find_checkpoint(load_dir)
     if tag is None:
         raise FileNotFoundError(f"{load_dir}: no megamix checkpoint (no 'latest' file)")
-    with open(os.path.join(load_dir, tag, STATE_FILE)) as f:
-        stage = json.load(f)["config"]["training"]["zero_stage"]
+    state = read_state(load_dir, tag)
+    problems = check_files(load_dir, tag, state.get("files", {}), 0, 1)  # every file, before unpickling any
+    if problems:
+        raise CheckpointError(f"{load_dir}: reference checkpoint {tag} is damaged:\n  " + "\n  ".join(problems))
+    stage = state["config"]["training"]["zero_stage"]
     if stage == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

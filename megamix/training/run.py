@@ -17,16 +17,19 @@ from megamix.mixing.registry import build_mixer
 from megamix.mixing.weights_file import write_weights_file
 from megamix.model.fused import announce
 from megamix.fileio import atomic_write_text
-from megamix.training.checkpoint import (config_differences, find_checkpoint, load_checkpoint,
-                                         rng_state, save_checkpoint, set_rng_state, tag_for)
+from megamix.training.checkpoint import (find_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                         set_rng_state, tag_for)
+from megamix.training.ckpt_verify import verified_state
 from megamix.training.config import RunConfig
 from megamix.training.distributed import DistInfo
 from megamix.training.engine import build_engine, build_model, describe_precision, set_matmul_precision
 from megamix.training.evaluation import Evaluator
 from megamix.training.loop import LoopHooks, LoopState, PhaseLoop
 from megamix.training.metrics import MetricsSink
+from megamix.training.preemption import ExitSignalHandler
 from megamix.training.reference import load_reference_model
 from megamix.training.report import test_report
+from megamix.training.resume import check_resume_config, refit_lr_schedule
 from megamix.training.signals import DomainGradScorer
 from megamix.training.step import StepLayout, StepRunner
 
@@ -38,16 +41,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resume_state(cfg: RunConfig) -> tuple[str | None, dict | None]:
-    tag = find_checkpoint(cfg.training.load)
+def _resume_state(cfg: RunConfig, dist_info: DistInfo) -> tuple[str | None, dict | None]:
+    tag = find_checkpoint(cfg.training.load, cfg.training.ckpt_step)
     if tag is None:
         return None, None
-    with open(os.path.join(cfg.training.load, tag, "megamix_state.json")) as f:
-        client = json.load(f)
-    diffs = config_differences(client["config"], cfg.to_dict())
-    if diffs:
-        raise ValueError(f"--load {cfg.training.load}: checkpoint {tag} was made with a different configuration; "
-                         "resume with the same command. Differences:\n  " + "\n  ".join(diffs))
+    client = verified_state(cfg.training.load, tag, dist_info.rank, dist_info.world_size)
+    client["changes"] = check_resume_config(client["config"], cfg.to_dict(), cfg.training.load, tag,
+                                            client["loop"]["iteration"])
     return tag, client
 
 
@@ -59,7 +59,8 @@ class Run:
         self.dist = dist_info
         tr = cfg.training
         seed_everything(tr.seed)
-        self.tag, self.client = _resume_state(cfg)
+        self.exit_handler = ExitSignalHandler(tr.exit_signals).install()
+        self.tag, self.client = _resume_state(cfg, dist_info)
         self.train_sets = build_domain_datasets(cfg.data, "train")
         self.domains = [ds.name for ds in self.train_sets]
         self.schedule = (MixtureSchedule.from_dict(self.client["schedule"]) if self.client
@@ -100,7 +101,21 @@ class Run:
         self.metrics.truncate(self.client["metrics_offset"])
         state = LoopState.from_dict(self.client["loop"])
         self.metrics.print(f"resumed from {self.cfg.training.load}/{self.tag} at iteration {state.iteration}")
+        self._announce_changes(state.iteration)
         return state
+
+    def _announce_changes(self, iteration: int) -> None:
+        changes = self.client["changes"]
+        if not changes:
+            return
+        self.metrics.print("settings changed since the checkpoint:\n  " + "\n  ".join(changes))
+        old_iters = self.client["config"]["training"]["train_iters"]
+        if old_iters != self.cfg.training.train_iters:
+            lrs = refit_lr_schedule(self.engine)
+            detail = f" (lr {lrs[0]:.3E} -> {lrs[1]:.3E})" if lrs else " (DeepSpeed's own scheduler: unchanged)"
+            self.metrics.print(f"--train-iters {old_iters} -> {self.cfg.training.train_iters}: the LR schedule is "
+                               f"recomputed for the new length from iteration {iteration}{detail}; the mixer plans "
+                               "its next phases for the new remaining steps")
 
     def _client_state(self, state: LoopState) -> dict:
         return {"loop": state.to_dict(), "schedule": self.schedule.to_dict(), "mixer": self.mixer.state_dict(),
@@ -122,9 +137,17 @@ class Run:
         return LoopHooks(
             save=self.save,
             should_save=lambda it: bool(tr.save_interval and it % tr.save_interval == 0),
-            should_exit=lambda it: bool(tr.exit_interval and it % tr.exit_interval == 0 and it < tr.train_iters),
+            should_exit=self._should_exit,
             lr=lambda: float(self.engine.get_lr()[0]),
         )
+
+    def _should_exit(self, iteration: int) -> bool:
+        tr = self.cfg.training
+        signalled = self.exit_handler.agreed()  # collective: every rank calls it after every step
+        if signalled:
+            got = self.exit_handler.received or "an exit signal on another rank"
+            self.metrics.print(f"received {got}: saving a checkpoint at iteration {iteration} and exiting")
+        return signalled or bool(tr.exit_interval and iteration % tr.exit_interval == 0 and iteration < tr.train_iters)
 
     def _write_run_files(self) -> None:
         save_dir = self.cfg.training.save
@@ -142,6 +165,7 @@ class Run:
                          self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
                          self.cfg.training.eval_interval, self._hooks())
         self.state = loop.run(self.state)
+        self.exit_handler.restore()
         finished = self.state.iteration >= self.cfg.training.train_iters and self.state.phase is None
         if finished:
             self._finish()
