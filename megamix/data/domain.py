@@ -106,7 +106,7 @@ class DomainDataset:
         self.documents = idx[self.split]
         self.num_tokens = int(self._sizes[self.documents].sum(dtype=np.int64))
         self.samples_per_epoch = max(0, (self.num_tokens - 1) // self.seq_length)
-        self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._epochs: OrderedDict[int, list] = OrderedDict()
 
     def _check_size(self) -> None:
         weight = self.split_weights[SPLITS.index(self.split)]
@@ -195,17 +195,27 @@ class DomainDataset:
 
     def epoch_arrays(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Memory-mapped (doc_idx, sample_idx, shuffle_idx) of an epoch (built and cached on first touch)."""
+        return self._epoch(epoch)[:3]  # type: ignore[return-value]
+
+    def _epoch(self, epoch: int) -> list:
+        """[doc_idx, sample_idx, shuffle_idx, packed offsets or None] of an epoch, LRU-cached in memory."""
         if epoch in self._epochs:
             self._epochs.move_to_end(epoch)
             return self._epochs[epoch]
         if not self.is_cached(epoch):
             self._write_epoch(epoch)
         paths = self.cache_paths(epoch)
-        arrays = tuple(np.load(paths[a], mmap_mode="r", allow_pickle=False).view(np.ndarray) for a in _ARRAYS)
+        arrays = [np.load(paths[a], mmap_mode="r", allow_pickle=False).view(np.ndarray) for a in _ARRAYS] + [None]
         self._epochs[epoch] = arrays  # type: ignore[assignment]
         if len(self._epochs) > _LRU_EPOCHS:
             self._epochs.popitem(last=False)
-        return arrays  # type: ignore[return-value]
+        return arrays
+
+    def _packed_offsets(self, arrays: list) -> np.ndarray:
+        """Token offset of each document of an epoch in the packed stream (int64[D + 1]), computed once."""
+        if arrays[3] is None:
+            arrays[3] = np.concatenate([[0], np.cumsum(self._sizes[arrays[0]], dtype=np.int64)])
+        return arrays[3]
 
     # ------------------------------------------------------------------ reading
     def _check_k(self, ks: np.ndarray) -> None:
@@ -228,17 +238,21 @@ class DomainDataset:
         s = int(self._starts[doc])
         return self._tokens[s:s + int(self._sizes[doc])]
 
-    def _fill_windows(self, out: np.ndarray, rows: np.ndarray, epoch: tuple[np.ndarray, np.ndarray],
-                      js: np.ndarray) -> None:
-        """Write windows ``js`` of one epoch into ``out[rows]``: one gather for single-document windows."""
-        doc_idx, sample_idx = epoch
+    def _fill_windows(self, out: np.ndarray, rows: np.ndarray, arrays: list, js: np.ndarray) -> None:
+        """Write windows ``js`` of one epoch into ``out[rows]``: one gather for all of them, no per-sample loop."""
+        doc_idx, sample_idx = arrays[0], arrays[1]
         first, last = sample_idx[js], sample_idx[js + 1]
         single = first[:, 0] == last[:, 0]
+        span = np.arange(self.seq_length + 1)
         if single.any():
             begin = self._starts[doc_idx[first[single, 0]]] + first[single, 1]
-            out[rows[single]] = self._tokens[begin[:, None] + np.arange(self.seq_length + 1)]
-        for row, j in zip(rows[~single].tolist(), js[~single].tolist()):
-            out[row] = self._window(doc_idx, sample_idx, j)
+            out[rows[single]] = self._tokens[begin[:, None] + span]
+        if not single.all():
+            multi = first[~single]
+            offsets = self._packed_offsets(arrays)
+            pos = (offsets[multi[:, 0]] + multi[:, 1])[:, None] + span  # positions in the packed stream
+            part = np.searchsorted(offsets, pos, side="right") - 1  # the document each position falls in
+            out[rows[~single]] = self._tokens[self._starts[doc_idx[part]] + (pos - offsets[part])]
 
     def window(self, k: int) -> np.ndarray:
         """The raw ``seq_length + 1`` token window of domain sample k (native token dtype)."""
@@ -258,18 +272,17 @@ class DomainDataset:
         epochs, local = np.divmod(ks, self.samples_per_epoch)
         first, last = int(epochs.min()), int(epochs.max())
         for epoch in range(first, last + 1) if last - first < 8 else np.unique(epochs).tolist():
-            doc_idx, sample_idx, shuffle = self.epoch_arrays(epoch)
+            arrays = self._epoch(epoch)
             sel = slice(None) if first == last else epochs == epoch
-            self._fill_windows(out, rows[sel], (doc_idx, sample_idx), shuffle[local[sel]])
+            self._fill_windows(out, rows[sel], arrays, arrays[2][local[sel]])
 
     def get_batch(self, ks: np.ndarray) -> dict[str, np.ndarray]:
-        """Samples ``ks`` stacked: tokens/labels int64[B, seq], loss_mask float32[B, seq], domain_id int64[B]."""
+        """Samples ``ks`` stacked: tokens/labels int64[B, seq], domain_id int64[B] (every token counts: no mask)."""
         ks = np.asarray(ks, dtype=np.int64).reshape(-1)
         windows = np.empty((len(ks), self.seq_length + 1), dtype=np.int64)
         if len(ks):
             self.read_windows(ks, windows, np.arange(len(ks)))
         return {"tokens": windows[:, :-1], "labels": windows[:, 1:],
-                "loss_mask": np.ones((len(ks), self.seq_length), dtype=np.float32),
                 "domain_id": np.full(len(ks), self.domain_id, dtype=np.int64)}
 
     # ------------------------------------------------------------------ pickling (DataLoader workers)

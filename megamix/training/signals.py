@@ -18,8 +18,9 @@ import torch
 
 from megamix.data.blend import BlendedDataset
 from megamix.data.sampler import micro_batch_indices
-from megamix.training.distributed import all_reduce_sum
-from megamix.training.step import StepLayout, load_micro_batch
+from megamix.training.distributed import all_reduce_sum, to_host
+from megamix.training.loader import load_micro_batch
+from megamix.training.step import StepLayout
 
 
 class DomainGradScorer:
@@ -56,7 +57,7 @@ class DomainGradScorer:
             idx = mine[doms == d]
             for start in range(0, len(idx), lay.micro_batch_size):
                 mb = load_micro_batch(self.blend, idx[start:start + lay.micro_batch_size], self.device)
-                losses = self.module(mb["tokens"], mb["labels"]) * mb["loss_mask"]
+                losses = self.module(mb.tokens, mb.labels)
                 grads[d] += self._flat_grad(losses.sum() / (counts[d] * lay.seq_length))
         return grads
 
@@ -76,6 +77,6 @@ class DomainGradScorer:
         g_dom, g_val = grads[:-1], grads[-1]
         norms = g_dom.norm(dim=1)
         present = norms > 0
-        mean_norm = norms[present].mean() if present.any() else torch.tensor(1.0, dtype=torch.float64)
+        mean_norm = norms[present].mean() if present.any() else torch.ones((), dtype=torch.float64, device=grads.device)
         raw = lr * (g_dom @ g_val) / mean_norm.clamp_min(1e-30)
-        return raw.clamp(0.0, 5.0 * lr).cpu().numpy()
+        return to_host(raw.clamp(0.0, 5.0 * lr))
