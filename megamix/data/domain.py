@@ -106,7 +106,7 @@ class DomainDataset:
         self.documents = idx[self.split]
         self.num_tokens = int(self._sizes[self.documents].sum(dtype=np.int64))
         self.samples_per_epoch = max(0, (self.num_tokens - 1) // self.seq_length)
-        self._epochs: OrderedDict[int, list] = OrderedDict()
+        self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
     def _check_size(self) -> None:
         weight = self.split_weights[SPLITS.index(self.split)]
@@ -195,27 +195,17 @@ class DomainDataset:
 
     def epoch_arrays(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Memory-mapped (doc_idx, sample_idx, shuffle_idx) of an epoch (built and cached on first touch)."""
-        return self._epoch(epoch)[:3]  # type: ignore[return-value]
-
-    def _epoch(self, epoch: int) -> list:
-        """[doc_idx, sample_idx, shuffle_idx, packed offsets or None] of an epoch, LRU-cached in memory."""
         if epoch in self._epochs:
             self._epochs.move_to_end(epoch)
             return self._epochs[epoch]
         if not self.is_cached(epoch):
             self._write_epoch(epoch)
         paths = self.cache_paths(epoch)
-        arrays = [np.load(paths[a], mmap_mode="r", allow_pickle=False).view(np.ndarray) for a in _ARRAYS] + [None]
+        arrays = tuple(np.load(paths[a], mmap_mode="r", allow_pickle=False).view(np.ndarray) for a in _ARRAYS)
         self._epochs[epoch] = arrays  # type: ignore[assignment]
         if len(self._epochs) > _LRU_EPOCHS:
             self._epochs.popitem(last=False)
-        return arrays
-
-    def _packed_offsets(self, arrays: list) -> np.ndarray:
-        """Token offset of each document of an epoch in the packed stream (int64[D + 1]), computed once."""
-        if arrays[3] is None:
-            arrays[3] = np.concatenate([[0], np.cumsum(self._sizes[arrays[0]], dtype=np.int64)])
-        return arrays[3]
+        return arrays  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ reading
     def _check_k(self, ks: np.ndarray) -> None:
@@ -238,21 +228,38 @@ class DomainDataset:
         s = int(self._starts[doc])
         return self._tokens[s:s + int(self._sizes[doc])]
 
-    def _fill_windows(self, out: np.ndarray, rows: np.ndarray, arrays: list, js: np.ndarray) -> None:
-        """Write windows ``js`` of one epoch into ``out[rows]``: one gather for all of them, no per-sample loop."""
-        doc_idx, sample_idx = arrays[0], arrays[1]
+    def _fill_windows(self, out: np.ndarray, rows: np.ndarray, epoch: tuple[np.ndarray, np.ndarray],
+                      js: np.ndarray) -> None:
+        """Write windows ``js`` of one epoch into ``out[rows]``: one gather each for single- and multi-document windows."""
+        doc_idx, sample_idx = epoch
         first, last = sample_idx[js], sample_idx[js + 1]
         single = first[:, 0] == last[:, 0]
-        span = np.arange(self.seq_length + 1)
         if single.any():
             begin = self._starts[doc_idx[first[single, 0]]] + first[single, 1]
-            out[rows[single]] = self._tokens[begin[:, None] + span]
+            out[rows[single]] = self._tokens[begin[:, None] + np.arange(self.seq_length + 1)]
         if not single.all():
-            multi = first[~single]
-            offsets = self._packed_offsets(arrays)
-            pos = (offsets[multi[:, 0]] + multi[:, 1])[:, None] + span  # positions in the packed stream
-            part = np.searchsorted(offsets, pos, side="right") - 1  # the document each position falls in
-            out[rows[~single]] = self._tokens[self._starts[doc_idx[part]] + (pos - offsets[part])]
+            index = self._multi_document_index(doc_idx, first[~single], last[~single])
+            out[rows[~single]] = self._tokens[index].reshape(-1, self.seq_length + 1)
+
+    def _multi_document_index(self, doc_idx: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Token-file positions of windows spanning documents ``first[:, 0] .. last[:, 0]`` of the epoch, concatenated.
+
+        Each window is cut into its document pieces (the first from offset ``first[:, 1]``, the
+        last up to ``last[:, 1]`` inclusive); the pieces' positions are built by one
+        repeat + arange over all windows, without a loop per sample.
+        """
+        parts = last[:, 0] - first[:, 0] + 1
+        ends = np.cumsum(parts)
+        starts_of = ends - parts  # index of each window's first piece
+        piece = np.arange(ends[-1]) - np.repeat(starts_of, parts) + np.repeat(first[:, 0], parts)
+        docs = doc_idx[piece]
+        begin = self._starts[docs].astype(np.int64)
+        length = self._sizes[docs].astype(np.int64)
+        begin[starts_of] += first[:, 1]
+        length[starts_of] -= first[:, 1]
+        length[ends - 1] = last[:, 1] + 1
+        offset = np.cumsum(length) - length  # where each piece starts in the concatenation
+        return np.repeat(begin - offset, length) + np.arange(int(length.sum()))
 
     def window(self, k: int) -> np.ndarray:
         """The raw ``seq_length + 1`` token window of domain sample k (native token dtype)."""
@@ -272,9 +279,9 @@ class DomainDataset:
         epochs, local = np.divmod(ks, self.samples_per_epoch)
         first, last = int(epochs.min()), int(epochs.max())
         for epoch in range(first, last + 1) if last - first < 8 else np.unique(epochs).tolist():
-            arrays = self._epoch(epoch)
+            doc_idx, sample_idx, shuffle = self.epoch_arrays(epoch)
             sel = slice(None) if first == last else epochs == epoch
-            self._fill_windows(out, rows[sel], arrays, arrays[2][local[sel]])
+            self._fill_windows(out, rows[sel], (doc_idx, sample_idx), shuffle[local[sel]])
 
     def get_batch(self, ks: np.ndarray) -> dict[str, np.ndarray]:
         """Samples ``ks`` stacked: tokens/labels int64[B, seq], domain_id int64[B] (every token counts: no mask)."""

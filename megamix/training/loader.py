@@ -94,13 +94,19 @@ class StepLoader:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megamix-loader") if depth else None
 
     def assemble(self, step: int) -> StepBatch:
-        """Read optimizer step ``step``'s batch into host tensors (what the worker runs)."""
+        """Read optimizer step ``step``'s batch into host tensors (what the worker runs).
+
+        All of this rank's micro-batches are read in one call (one gather per domain) into
+        one buffer; each micro-batch is a contiguous row slice of it.
+        """
         gbs, mbs, rank, size = self.sizes
         g0 = step * gbs
         k = len(self.blend.datasets)
         counts = np.bincount(self.blend.domain_ids(g0, g0 + gbs), minlength=k).astype(np.float64)
-        micro = [read_micro_batch(self.blend, idx, self.pin)
-                 for idx in micro_batch_indices(step, gbs, mbs, rank, size)]
+        whole = read_micro_batch(self.blend, np.concatenate(micro_batch_indices(step, gbs, mbs, rank, size)),
+                                 self.pin)
+        micro = [MicroBatch(whole.windows[i:i + mbs], whole.domain_id[i:i + mbs])
+                 for i in range(0, len(whole.domain_id), mbs)]
         return StepBatch(step, micro, counts * self.blend.datasets[0].seq_length)
 
     def get(self, step: int) -> StepBatch:
