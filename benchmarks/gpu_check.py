@@ -144,7 +144,8 @@ def check(a: argparse.Namespace, work: str) -> None:
     half = a.steps // 2
     _launch(a, flags + ["--exit-interval", str(half)], nproc, f"ZeRO 3, stop at step {half}")
     out = _launch(a, flags, nproc, "ZeRO 3, resume")
-    _check(f"resumed from {run_dir}/iter_{half:07d} at iteration {half}" in out, "the second ZeRO-3 launch did not resume")
+    _check(f"resumed from {run_dir}/iter_{half:07d} at iteration {half}" in out,
+           "the second ZeRO-3 launch did not resume")
     got = _check_run(run_dir, a.steps, "ZeRO 3 resumed")
     _compare(ref, got, exact=a.cpu)
     _report(got[half:], warmup=min(3, half // 2))

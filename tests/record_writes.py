@@ -40,7 +40,10 @@ def _install_write_hook(out: str, watch: list[str], rank: str) -> None:
         path = args[1] if event == "os.rename" else args[0]
         if event == "open":
             mode, flags = args[1], args[2]
-            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & (os.O_WRONLY | os.O_RDWR))
+            if isinstance(mode, str):
+                writing = any(c in mode for c in "wax+")
+            else:
+                writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
             if not writing:
                 return
         if isinstance(path, str) and any(os.path.realpath(path).startswith(w) for w in watch):

@@ -139,7 +139,7 @@ class DataConfig:
     eval_samples_per_domain: int = 64
     """Fixed validation samples evaluated per domain (--eval-samples-per-domain)."""
     dataloader_prefetch: int = 2
-    """Optimizer steps of batches assembled ahead in a background thread; 0 reads in the step (--dataloader-prefetch)."""
+    """Steps of batches assembled ahead by a background thread; 0 reads in the step (--dataloader-prefetch)."""
 
     def __post_init__(self) -> None:
         if self.data_path and all(isinstance(d, str) for d in self.data_path):

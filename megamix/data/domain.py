@@ -230,7 +230,7 @@ class DomainDataset:
 
     def _fill_windows(self, out: np.ndarray, rows: np.ndarray, epoch: tuple[np.ndarray, np.ndarray],
                       js: np.ndarray) -> None:
-        """Write windows ``js`` of one epoch into ``out[rows]``: one gather each for single- and multi-document windows."""
+        """Write windows ``js`` of one epoch into ``out[rows]``: one gather for single-, one for multi-document ones."""
         doc_idx, sample_idx = epoch
         first, last = sample_idx[js], sample_idx[js + 1]
         single = first[:, 0] == last[:, 0]
