@@ -1,4 +1,4 @@
-"""Data-pipeline speed: blending indices (C++ vs numpy), blended reads vs raw reads, preprocessing.
+"""Data-pipeline speed: blending indices (C++ vs numpy), blended reads vs raw reads, the step loader, preprocessing.
 
 Prints ratios; not a test. ``python benchmarks/bench_data.py [--skip-preprocess] [--quick]``.
 """
@@ -24,14 +24,15 @@ from megamix.data.sampler import MegatronPretrainingSampler  # noqa: E402
 from megamix.data.schedule import MixtureSchedule  # noqa: E402
 
 ASSUMED_STEP_S = 0.5  # GPU seconds per optimizer step assumed for the phase-share figure
+GPU_PEAK_TFLOPS, GPU_MFU = 989.0, 0.45  # an H100 SXM at the 45% MFU target: what one GPU's steps consume
 
 
-def _best_time(fn, repeat: int = 3) -> float:
+def _best_time(fn, repeat: int = 3, clock=time.perf_counter) -> float:
     best = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return best
 
 
@@ -79,6 +80,44 @@ def bench_reads(quick: bool) -> None:
           f"windows {n / t_raw:,.0f} samples/s, ratio {t_raw / t_blend:.2f} (1.0 = no overhead)")
 
 
+def _gpu_samples_per_s(seq: int) -> float:
+    """Samples/s one GPU's steps consume: a ~125M GPT (12 x 768, GPT-2 vocabulary) at GPU_MFU of GPU_PEAK_TFLOPS."""
+    from megamix.model.gpt import GPTConfig
+
+    cfg = GPTConfig(vocab_size=50304, num_layers=12, hidden_size=768, num_attention_heads=12, seq_length=seq)
+    return GPU_PEAK_TFLOPS * 1e12 * GPU_MFU / cfg.flops_per_token(seq) / seq
+
+
+def bench_loader(quick: bool) -> None:
+    """Samples/s the step loader's worker assembles at seq 1024 (multi-document windows) vs what a GPU step consumes."""
+    import torch
+
+    from megamix.training.loader import StepLoader
+
+    seq, micro, gbs, steps = 1024, 8, 64, (10 if quick else 40)
+    names = [f"d{i}" for i in range(7)]
+    with tempfile.TemporaryDirectory() as tmp:
+        prefixes = _write_big_domains(tmp, names, 300 if quick else 1000)  # mean document 600 tokens < seq
+        datasets = [DomainDataset(p, n, i, "train", seq, (0.98, 0.01, 0.01), 1, os.path.join(tmp, "cache"))
+                    for i, (p, n) in enumerate(zip(prefixes, names))]
+        schedule = MixtureSchedule(names, global_batch_size=gbs)
+        schedule.append(steps * gbs, np.random.default_rng(0).random(7))
+        blend = BlendedDataset(datasets, schedule)
+        loader = StepLoader(blend, gbs, micro, 0, 1, torch.device("cpu"), depth=0)
+        t_loader = _best_time(lambda: [loader.assemble(s) for s in range(steps)])
+        cpu_loader = _best_time(lambda: [loader.assemble(s) for s in range(steps)], clock=time.process_time)
+        ks = np.arange(200)
+        t_sample = _best_time(lambda: [datasets[0].window(int(k)) for k in ks])  # the per-sample reader
+    n = steps * gbs
+    need = _gpu_samples_per_s(seq)
+    print(f"step loader at seq_length {seq} (7 domains, mean document 600 tokens, one worker thread): "
+          f"{n / t_loader:,.0f} samples/s wall, {n / cpu_loader:,.0f} samples per CPU-second "
+          f"(per-sample reader: {len(ks) / t_sample:,.0f} samples/s wall)")
+    print(f"one GPU's steps consume {need:,.0f} samples/s (~125M GPT, seq {seq}, {GPU_MFU:.0%} MFU of "
+          f"{GPU_PEAK_TFLOPS:g} TFLOP/s): ratio {n / t_loader / need:.1f}x wall, {n / cpu_loader / need:.1f}x "
+          f"per CPU-second (target >= 20x)")
+
+
 def _raw_reads(raw: list[np.ndarray], n: int, seq: int) -> None:
     """Read n int64 (seq+1)-token windows straight from the token files, round robin, in file order."""
     out = np.empty((n, seq + 1), dtype=np.int64)
@@ -111,6 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_blending(args.quick)
     bench_reads(args.quick)
+    bench_loader(args.quick)
     if not args.skip_preprocess:
         bench_preprocess_ratio(5.0 if args.quick else 100.0)
 

@@ -47,7 +47,7 @@ def _build_bare(cfg, dist_info):
 def _bare_step(engine, batches: list[dict]) -> None:
     """The plainest DeepSpeed step: mean loss, backward, step, per micro-batch."""
     for mb in batches:
-        loss = engine(mb["tokens"], mb["labels"]).mean()
+        loss = engine(mb.tokens, mb.labels).mean()
         engine.backward(loss)
         engine.step()
 
@@ -60,7 +60,7 @@ def _interleaved(cfg, dist_info) -> tuple[list[float], list[float], float]:
     """
     from megamix.data.sampler import micro_batch_indices
     from megamix.training.run import Run
-    from megamix.training.step import load_micro_batch
+    from megamix.training.loader import load_micro_batch
 
     run = Run(cfg, dist_info)
     bare = _build_bare(cfg, dist_info)

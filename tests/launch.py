@@ -9,6 +9,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("code", "prose", "math")
+TIMING_KEYS = ("tokens_per_s", "step_time_s", "tflops_per_device", "mfu", "max_mem_gb")
+"""Fields of a 'train' event that measure speed, not training: they differ between identical runs."""
 
 
 def make_data(out_dir: str, num_docs: int = 150, mean_len: int = 200) -> list[str]:

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from launch import REPO, _env, events, launch, make_data, read_metrics, tiny_args, torchrun_cmd
+from launch import REPO, job_env, events, launch, make_data, read_metrics, tiny_args, torchrun_cmd
 from megamix.training.config import OptimizerConfig
 from megamix.training.engine import lr_at
 
@@ -53,11 +53,11 @@ def _with_fault(args: list[str], spec: str, timeout: float = 300) -> subprocess.
     cmd = torchrun_cmd(args)
     script = cmd.index(os.path.join(REPO, "pretrain_gpt_mix.py"))
     cmd[script:script + 1] = [os.path.join(REPO, "tests", "fault_hooks.py"), spec]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _failing(args: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(torchrun_cmd(args), env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(torchrun_cmd(args), env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0, proc.stdout[-2000:]
     return proc
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import REPO, events, launch, launch_and_crash, make_data, read_metrics, tiny_args
+from launch import REPO, TIMING_KEYS, events, launch, launch_and_crash, make_data, read_metrics, tiny_args
 
 AIOLI = {"--mixing-method": "aioli", "--aioli-lp-rounds": 1, "--aioli-lp-steps": 2, "--skip-test": True}
 
@@ -212,7 +212,7 @@ def test_doge_zero_stages(data, tmp_path, stage):
 
 # ----------------------------------------------------------------- resume, prior
 def _strip(evs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in ("tokens_per_s", "step_time_s")} for e in evs]
+    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in evs]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from launch import REPO, events, launch, launch_and_crash, make_data, read_metrics, tiny_args
+from launch import REPO, TIMING_KEYS, events, launch, launch_and_crash, make_data, read_metrics, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,17 @@ def data(tmp_path_factory):
 def test_trains_and_reports(data, tmp_path):
     prefixes, cache = data
     run, tb = str(tmp_path / "run"), str(tmp_path / "tb")
-    launch(tiny_args(prefixes, run, cache, iters=30, **{"--tensorboard-dir": tb}))
+    proc = launch(tiny_args(prefixes, run, cache, iters=30, **{"--tensorboard-dir": tb, "--peak-tflops": 0.5}))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
     train = events(run, "train")
+    with open(os.path.join(run, "config.json")) as f:
+        vocab = json.load(f)["model"]["vocab_size"]  # the NullTokenizer's 512 + eod, padded to 128
+    assert vocab == 640
+    flops = 6 * (2 * (4 * 64 * 64 + 64 * 2 * 192 + 192 * 64 + 2 * 64) + 64 + vocab * 64) + 12 * 2 * 64 * 64
+    for e in train:  # model TFLOP/s per device (2 ranks) and MFU against --peak-tflops
+        assert math.isclose(e["tflops_per_device"], e["tokens_per_s"] * flops / 2 / 1e12, rel_tol=1e-9)
+        assert math.isclose(e["mfu"], e["tflops_per_device"] / 0.5, rel_tol=1e-9)
+    assert "TFLOP/s/dev: " in proc.stdout and "MFU: " in proc.stdout
     assert [e["step"] for e in train] == list(range(1, 31))
     first = sum(e["loss"] for e in train[:3]) / 3
     last = sum(e["loss"] for e in train[-3:]) / 3
@@ -75,7 +83,7 @@ def test_kill_and_resume_is_exact(data, tmp_path, stage):
     resumed = launch(args)
     assert f"resumed from {run_dir}/iter_0000012 at iteration 12" in resumed.stdout
     assert _losses_and_weights(run_dir) == _losses_and_weights(ref_dir)
-    strip = lambda evs: [{k: v for k, v in e.items() if k not in ("tokens_per_s", "step_time_s")} for e in evs]  # noqa: E731
+    strip = lambda evs: [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in evs]  # noqa: E731
     assert strip(read_metrics(run_dir)) == strip(read_metrics(ref_dir))
     # launching a finished run again is a clean no-op (it once aborted at exit under ZeRO-3)
     again = launch(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,7 +18,9 @@ class BlendedDataset:
     Each segment's assignment starts from the per-domain cursors left by the previous
     segments, so a weight change never repeats or skips a domain's samples. Call ``sync()``
     after appending segments to the schedule (collectively on every rank: it prepares the
-    domain epochs the new segments reach).
+    domain epochs the new segments reach). Reads may run in a background thread (the
+    prefetching loader) while the main thread syncs: a lock guards the index lists and the
+    domains' epoch caches.
     """
 
     def __init__(self, datasets: Sequence[DomainDataset], schedule: MixtureSchedule) -> None:
@@ -38,6 +41,7 @@ class BlendedDataset:
         self._domain_index: list[np.ndarray] = []
         self._sample_index: list[np.ndarray] = []
         self._cursors = np.zeros(len(datasets), dtype=np.int64)
+        self._lock = threading.RLock()
         self.sync()
 
     def sync(self) -> int:
@@ -45,17 +49,19 @@ class BlendedDataset:
         new = self.schedule.segments[len(self._starts):]
         for seg in new:
             domain, sample = build_blending_indices(np.asarray(seg.weights), seg.num_samples, self._cursors)
-            self._cursors += np.bincount(domain, minlength=len(self.datasets)).astype(np.int64)
-            self._starts.append(seg.start)
-            self._domain_index.append(domain)
-            self._sample_index.append(sample)
+            with self._lock:
+                self._cursors += np.bincount(domain, minlength=len(self.datasets)).astype(np.int64)
+                self._starts.append(seg.start)
+                self._domain_index.append(domain)
+                self._sample_index.append(sample)
         if new:
             for ds, cursor in zip(self.datasets, self._cursors.tolist()):
                 ds.prepare(cursor)
         return len(new)
 
     def __len__(self) -> int:
-        return self._starts[-1] + len(self._domain_index[-1]) if self._starts else 0
+        with self._lock:
+            return self._starts[-1] + len(self._domain_index[-1]) if self._starts else 0
 
     def cursors(self) -> np.ndarray:
         """Samples drawn from each domain by all synced segments (int64[K])."""
@@ -63,6 +69,10 @@ class BlendedDataset:
 
     def _locate(self, gs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(domain, domain sample index) of every global sample in ``gs``."""
+        with self._lock:
+            return self._locate_unlocked(gs)
+
+    def _locate_unlocked(self, gs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(self)
         if gs.size and (int(gs.min()) < 0 or int(gs.max()) >= n):
             bad = int(gs.min()) if int(gs.min()) < 0 else int(gs.max())
@@ -87,17 +97,29 @@ class BlendedDataset:
         d, k = self.locate(g)
         return self.datasets[d][k]
 
-    def get_batch(self, gs: np.ndarray) -> dict[str, np.ndarray]:
-        """Global samples ``gs`` stacked in order (tokens, labels, loss_mask, domain_id), read per domain."""
+    def read_windows(self, gs: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the ``seq_length + 1`` token windows of global samples ``gs`` into ``out`` (int64[len(gs), seq+1]).
+
+        Reads per domain, vectorised; returns the domain of each sample (int64). ``out`` may be
+        any writable int64 array, e.g. the numpy view of a pinned host tensor.
+        """
         gs = np.asarray(gs, dtype=np.int64).reshape(-1)
-        domains, samples = self._locate(gs)
-        seq = self.datasets[0].seq_length
-        windows = np.empty((len(gs), seq + 1), dtype=np.int64)
-        for d in np.unique(domains).tolist():
-            rows = np.flatnonzero(domains == d)
-            self.datasets[d].read_windows(samples[rows], windows, rows)
-        return {"tokens": windows[:, :-1], "labels": windows[:, 1:],
-                "loss_mask": np.ones((len(gs), seq), dtype=np.float32), "domain_id": domains}
+        with self._lock:
+            domains, samples = self._locate_unlocked(gs)
+            for d in np.unique(domains).tolist():
+                rows = np.flatnonzero(domains == d)
+                self.datasets[d].read_windows(samples[rows], out, rows)
+        return domains
+
+    def get_batch(self, gs: np.ndarray) -> dict[str, np.ndarray]:
+        """Global samples ``gs`` stacked in order: tokens, labels int64[B, seq] and domain_id int64[B].
+
+        Every token's loss counts (there is no loss mask to ship).
+        """
+        gs = np.asarray(gs, dtype=np.int64).reshape(-1)
+        windows = np.empty((len(gs), self.datasets[0].seq_length + 1), dtype=np.int64)
+        domains = self.read_windows(gs, windows)
+        return {"tokens": windows[:, :-1], "labels": windows[:, 1:], "domain_id": domains}
 
     def domain_ids(self, start: int, stop: int) -> np.ndarray:
         """Domain of each global sample in ``[start, stop)`` (int64)."""

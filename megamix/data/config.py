@@ -138,6 +138,8 @@ class DataConfig:
     """Directory for cached index files (--data-cache-path); default ``<dir of first prefix>/cache``."""
     eval_samples_per_domain: int = 64
     """Fixed validation samples evaluated per domain (--eval-samples-per-domain)."""
+    dataloader_prefetch: int = 2
+    """Steps of batches assembled ahead by a background thread; 0 reads in the step (--dataloader-prefetch)."""
 
     def __post_init__(self) -> None:
         if self.data_path and all(isinstance(d, str) for d in self.data_path):
@@ -158,6 +160,8 @@ class DataConfig:
             raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.eval_samples_per_domain, int) or self.eval_samples_per_domain < 0:
             raise ValueError(f"--eval-samples-per-domain must be an integer >= 0, got {self.eval_samples_per_domain!r}")
+        if not isinstance(self.dataloader_prefetch, int) or self.dataloader_prefetch < 0:
+            raise ValueError(f"--dataloader-prefetch must be an integer >= 0, got {self.dataloader_prefetch!r}")
 
     @property
     def domain_names(self) -> list[str]:

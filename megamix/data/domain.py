@@ -231,15 +231,36 @@ class DomainDataset:
 
     def _fill_windows(self, out: np.ndarray, rows: np.ndarray, epoch: tuple[np.ndarray, np.ndarray],
                       js: np.ndarray) -> None:
-        """Write windows ``js`` of one epoch into ``out[rows]``: one gather for single-document windows."""
+        """Write windows ``js`` of one epoch into ``out[rows]``: one gather for single-, one for multi-document ones."""
         doc_idx, sample_idx = epoch
         first, last = sample_idx[js], sample_idx[js + 1]
         single = first[:, 0] == last[:, 0]
         if single.any():
             begin = self._starts[doc_idx[first[single, 0]]] + first[single, 1]
             out[rows[single]] = self._tokens[begin[:, None] + np.arange(self.seq_length + 1)]
-        for row, j in zip(rows[~single].tolist(), js[~single].tolist()):
-            out[row] = self._window(doc_idx, sample_idx, j)
+        if not single.all():
+            index = self._multi_document_index(doc_idx, first[~single], last[~single])
+            out[rows[~single]] = self._tokens[index].reshape(-1, self.seq_length + 1)
+
+    def _multi_document_index(self, doc_idx: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Token-file positions of windows spanning documents ``first[:, 0] .. last[:, 0]`` of the epoch, concatenated.
+
+        Each window is cut into its document pieces (the first from offset ``first[:, 1]``, the
+        last up to ``last[:, 1]`` inclusive); the pieces' positions are built by one
+        repeat + arange over all windows, without a loop per sample.
+        """
+        parts = last[:, 0] - first[:, 0] + 1
+        ends = np.cumsum(parts)
+        starts_of = ends - parts  # index of each window's first piece
+        piece = np.arange(ends[-1]) - np.repeat(starts_of, parts) + np.repeat(first[:, 0], parts)
+        docs = doc_idx[piece]
+        begin = self._starts[docs].astype(np.int64)
+        length = self._sizes[docs].astype(np.int64)
+        begin[starts_of] += first[:, 1]
+        length[starts_of] -= first[:, 1]
+        length[ends - 1] = last[:, 1] + 1
+        offset = np.cumsum(length) - length  # where each piece starts in the concatenation
+        return np.repeat(begin - offset, length) + np.arange(int(length.sum()))
 
     def window(self, k: int) -> np.ndarray:
         """The raw ``seq_length + 1`` token window of domain sample k (native token dtype)."""
@@ -264,13 +285,12 @@ class DomainDataset:
             self._fill_windows(out, rows[sel], (doc_idx, sample_idx), shuffle[local[sel]])
 
     def get_batch(self, ks: np.ndarray) -> dict[str, np.ndarray]:
-        """Samples ``ks`` stacked: tokens/labels int64[B, seq], loss_mask float32[B, seq], domain_id int64[B]."""
+        """Samples ``ks`` stacked: tokens/labels int64[B, seq], domain_id int64[B] (every token counts: no mask)."""
         ks = np.asarray(ks, dtype=np.int64).reshape(-1)
         windows = np.empty((len(ks), self.seq_length + 1), dtype=np.int64)
         if len(ks):
             self.read_windows(ks, windows, np.arange(len(ks)))
         return {"tokens": windows[:, :-1], "labels": windows[:, 1:],
-                "loss_mask": np.ones((len(ks), self.seq_length), dtype=np.float32),
                 "domain_id": np.full(len(ks), self.domain_id, dtype=np.int64)}
 
     # ------------------------------------------------------------------ pickling (DataLoader workers)

@@ -131,6 +131,22 @@ class GPTConfig:
         """Width of one attention head."""
         return self.hidden_size // self.num_attention_heads
 
+    def flops_per_token(self, seq_length: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward, no recompute): 6 N + 12 L H S (PaLM's estimate).
+
+        N counts the non-embedding parameters (linear weights and biases, norms) plus the output
+        projection (vocab x hidden, tied or not), from the shape alone (so it holds for a model
+        partitioned by ZeRO-3); 12 L H S is attention scores and weighted values over
+        ``seq_length`` positions (default the config's). Equals :meth:`GPT.flops_per_token`.
+        """
+        h, f, layers = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        width = 2 * f if self.activation == "swiglu" else f
+        norm = h if self.normalization == "RMSNorm" else 2 * h
+        layer = 4 * h * h + h * width + f * h + 2 * norm + ((5 * h + width) if self.add_bias_linear else 0)
+        n = layers * layer + norm + self.vocab_size * h
+        s = self.seq_length if seq_length is None else seq_length
+        return 6.0 * n + 12.0 * layers * h * s
+
 
 def _recomputing(module: nn.Module) -> bool:
     """Recompute only pays in training, when a backward pass will follow."""

@@ -54,6 +54,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", default="98,1,1")
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--eval-samples-per-domain", type=int, default=64)
+    g.add_argument("--dataloader-prefetch", type=int, default=2,
+                   help="optimizer steps of batches read ahead in a background thread (0: read in the step)")
     g.add_argument("--test-samples-per-domain", type=int, default=None)
     g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
                    choices=["SentencePieceTokenizer", "NullTokenizer"])
@@ -102,6 +104,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-test", action="store_true")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak TFLOP/s of one device for MFU (default: a table of known GPUs; none on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +161,8 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
     weights = [s.weight for s in specs] if specs[0].weight is not None else None
     data = DataConfig(data_path=specs, split=parse_split(args.split), seq_length=args.seq_length,
                       seed=args.seed, data_cache_path=args.data_cache_path,
-                      eval_samples_per_domain=args.eval_samples_per_domain)
+                      eval_samples_per_domain=args.eval_samples_per_domain,
+                      dataloader_prefetch=args.dataloader_prefetch)
     optimizer = OptimizerConfig(
         lr=args.lr, min_lr=args.min_lr, lr_warmup_iters=args.lr_warmup_iters,
         lr_decay_style=args.lr_decay_style, lr_decay_iters=args.lr_decay_iters,
@@ -174,7 +179,8 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
     return RunConfig(
         model=_model_config(args, vocab_size), data=data, optimizer=optimizer, training=training,
         mixing=mixing_config_from_args(args, weights, [s.name for s in specs]),
-        logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir),
+        logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
+                              peak_tflops=args.peak_tflops),
         tokenizer=tokenizer,
     )
 

@@ -40,7 +40,7 @@ RESUMABLE_CHANGES = {
     "logging.wandb_project", "logging.wandb_exp_name", "logging.wandb_save_dir",
     # activation recompute trades memory for time and compilation changes no number
     "model.recompute_granularity", "model.recompute_method", "model.recompute_num_layers",
-    "training.compile", "training.tf32",
+    "training.compile", "training.tf32", "logging.peak_tflops", "data.dataloader_prefetch",
 }
 
 

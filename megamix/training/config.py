@@ -142,10 +142,14 @@ class LoggingConfig:
     """Steps between progress lines and 'train' metrics events (--log-interval)."""
     tensorboard_dir: str | None = None
     """Write TensorBoard scalars here (--tensorboard-dir)."""
+    peak_tflops: float | None = None
+    """Peak TFLOP/s of one device for MFU; default from a table of known GPUs, none on CPU (--peak-tflops)."""
 
     def __post_init__(self) -> None:
         if self.log_interval < 1:
             raise ValueError(f"--log-interval must be >= 1, got {self.log_interval}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"--peak-tflops must be > 0, got {self.peak_tflops}")
 
 
 @dataclass

@@ -1,4 +1,11 @@
-"""Process-group set-up and the few collectives the loop needs (gloo on CPU, NCCL on GPU)."""
+"""Process-group set-up and every collective megamix issues (gloo on CPU, NCCL on GPU).
+
+This module owns all tensor collectives of training: the broadcast-and-check of mixture
+weights, the all-reduce of per-domain statistics (training step, DoReMi's excess loss),
+evaluation sums and DoGE's gradients. Each puts its tensors on the *group device* recorded
+by :func:`init_distributed` (the rank's CUDA device under NCCL, the CPU under gloo), since
+NCCL refuses CPU tensors and gloo CUDA ones.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ def init_distributed() -> DistInfo:
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    set_group_device(device)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
@@ -66,9 +74,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_GROUP_DEVICE: list[torch.device] = []  # the one process group's device (the group itself is global too)
+
+
+def set_group_device(device: torch.device | str | None) -> None:
+    """Record the device collective tensors must live on (init_distributed calls it; None forgets it)."""
+    _GROUP_DEVICE.clear()
+    if device is not None:
+        _GROUP_DEVICE.append(torch.device(device))
+
+
+def group_device() -> torch.device:
+    """The device of collective tensors: the recorded one, else the backend's (CUDA under NCCL, else CPU)."""
+    if _GROUP_DEVICE:
+        return _GROUP_DEVICE[0]
+    if _active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _active() -> bool:
+    """True when a process group of more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def to_host(values: torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy of a (device) tensor; the one host sync of a reduced statistic."""
+    return values.detach().to("cpu", torch.float64).numpy().copy()
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum ``values`` over all ranks, in place, and return it (no-op without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    """Sum ``values`` over all ranks; return the sum on the group device.
+
+    A tensor already on the group device is reduced in place (no copy); any other is copied
+    there first. Without a process group this only moves the tensor.
+    """
+    values = values.to(group_device())
+    if _active():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
@@ -79,15 +121,16 @@ def broadcast_and_check(weights: np.ndarray, what: str) -> np.ndarray:
     Every rank computes mixing decisions from identical inputs, so a difference means a bug
     (or non-determinism) that would silently train ranks on different mixtures.
     """
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _active():
         return weights
     mine = np.asarray(weights, dtype=np.float64)
-    t = torch.tensor(mine)
+    device = group_device()
+    t = torch.tensor(mine, dtype=torch.float64, device=device)  # a copy: the broadcast overwrites it
     dist.broadcast(t, src=0)
-    ref = t.numpy()
-    bad = torch.tensor([0.0 if np.array_equal(ref, mine) else 1.0], dtype=torch.float64)
-    dist.all_reduce(bad)
-    if bad.item() > 0:
+    ref = to_host(t)
+    bad = torch.tensor([0.0 if np.array_equal(ref, mine) else 1.0], dtype=torch.float64, device=device)
+    dist.all_reduce(bad, op=dist.ReduceOp.SUM)
+    if to_host(bad)[0] > 0:
         raise RuntimeError(f"{what} differ between ranks (rank {dist.get_rank()}: {mine.tolist()}, "
                            f"rank 0: {ref.tolist()}): ranks would train on different mixtures")
     return ref
@@ -112,6 +155,7 @@ def shutdown_distributed(wait: bool = True) -> None:
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+    set_group_device(None)
 
 
 @contextlib.contextmanager

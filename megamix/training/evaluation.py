@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from megamix.data.domain import DomainDataset
-from megamix.training.distributed import all_reduce_sum
+from megamix.training.distributed import all_reduce_sum, to_host
 
 
 class Evaluator:
@@ -59,7 +59,7 @@ class Evaluator:
             stats[k:].index_add_(0, dom, mask.sum(dim=1).double())
         if was_training:
             model.train()
-        stats = all_reduce_sum(stats).cpu().numpy()
+        stats = to_host(all_reduce_sum(stats))
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(stats[k:] > 0, stats[:k] / np.maximum(stats[k:], 1), np.nan)
 

@@ -13,14 +13,30 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import torch
 
 from megamix.data.blend import BlendedDataset
 from megamix.data.schedule import MixtureSchedule
 from megamix.mixing.base import Mixer, Observation, Phase
-from megamix.training.distributed import broadcast_and_check
+from megamix.training.distributed import broadcast_and_check, group_device, to_host
 from megamix.training.evaluation import Evaluator, perplexity
 from megamix.training.metrics import MetricsSink
 from megamix.training.step import StepRunner
+from megamix.training.throughput import progress_fields
+
+
+def _host(values) -> np.ndarray | None:
+    """A float64 numpy copy of a statistics vector kept on the device (or already on the host)."""
+    if values is None:
+        return None
+    return to_host(values) if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
+
+
+def _device(values, device: torch.device) -> torch.Tensor | None:
+    """A statistics vector as a float64 tensor on ``device`` (an exact copy of a restored one)."""
+    if values is None or isinstance(values, torch.Tensor):
+        return values
+    return torch.tensor(np.asarray(values, dtype=np.float64), dtype=torch.float64, device=device)
 
 
 @dataclass
@@ -31,10 +47,11 @@ class LoopState:
     phase: Phase | None = None
     phase_steps_done: int = 0
     phase_steps: int = 0
-    phase_stats: np.ndarray | None = None
+    phase_stats: np.ndarray | torch.Tensor | None = None
+    """Per-domain statistics of the phase so far (a device tensor while training, numpy when restored)."""
     phases_started: int = 0
-    log_stats: np.ndarray | None = None
-    """Per-domain loss sums and token counts since the last 'train' event."""
+    log_stats: np.ndarray | torch.Tensor | None = None
+    """Per-domain loss sums and token counts since the last 'train' event (device tensor while training)."""
     signal_sums: dict = field(default_factory=dict)
     """Per-step signals (e.g. DoGE's scores) summed over the phase so far."""
 
@@ -45,9 +62,9 @@ class LoopState:
             "phase": None if self.phase is None else self.phase.to_dict(),
             "phase_steps_done": self.phase_steps_done,
             "phase_steps": self.phase_steps,
-            "phase_stats": None if self.phase_stats is None else self.phase_stats.tolist(),
+            "phase_stats": None if self.phase_stats is None else _host(self.phase_stats).tolist(),
             "phases_started": self.phases_started,
-            "log_stats": None if self.log_stats is None else self.log_stats.tolist(),
+            "log_stats": None if self.log_stats is None else _host(self.log_stats).tolist(),
             "signal_sums": {k: np.asarray(v).tolist() for k, v in self.signal_sums.items()},
         }
 
@@ -74,6 +91,8 @@ class LoopHooks:
     """Whether to save and stop after ``iteration`` steps (--exit-interval)."""
     lr: Callable[[], float] = lambda: float("nan")
     """The current learning rate, for logging."""
+    throughput: Callable[[float], dict] = lambda tokens_per_s: {}
+    """Extra 'train' event fields from the measured tokens/s (TFLOP/s per device, MFU, memory)."""
 
 
 class PhaseLoop:
@@ -95,7 +114,8 @@ class PhaseLoop:
         self.hooks = hooks
         self.domains = list(mixer.ctx.domains)
         self.k = len(self.domains)
-        self._step_times: list[float] = []
+        self._interval = [0, 0.0]  # steps and seconds since the last 'train' event
+        self.device = group_device()
 
     # ----------------------------------------------------------------- phases
     def _begin_phase(self, state: LoopState) -> None:
@@ -109,7 +129,7 @@ class PhaseLoop:
             self.schedule.append(steps * self.runner.layout.global_batch_size, weights)
             self.blend.sync()
         state.phase, state.phase_steps, state.phase_steps_done = phase, steps, 0
-        state.phase_stats = np.zeros(3 * self.k)
+        state.phase_stats = torch.zeros(3 * self.k, dtype=torch.float64, device=self.device)
         state.phases_started += 1
         self.metrics.record({"event": "phase", "step": state.iteration, "steps": steps, "kind": phase.kind,
                              "weights": self._named(weights), "evaluate": phase.evaluate, "info": phase.info})
@@ -117,7 +137,7 @@ class PhaseLoop:
     def _finish_phase(self, state: LoopState) -> None:
         phase = state.phase
         val = self._evaluate(state.iteration) if phase.evaluate else None
-        stats = state.phase_stats
+        stats = _host(state.phase_stats)
         with np.errstate(invalid="ignore", divide="ignore"):
             train_loss = np.where(stats[self.k:2 * self.k] > 0, stats[:self.k] / stats[self.k:2 * self.k], np.nan)
             signals = {}
@@ -146,16 +166,16 @@ class PhaseLoop:
         phase = state.phase
         t0 = time.perf_counter()
         stats, extras = self.runner.run(state.iteration, loss_weights=phase.loss_weights, signals=phase.signals)
-        dt = time.perf_counter() - t0
-        state.phase_stats[:stats.shape[0]] += stats
+        state.phase_stats[:stats.shape[0]] += stats  # stays on the device: no host sync per step
         for name, values in extras.items():
             state.signal_sums[name] = state.signal_sums.get(name, 0.0) + values
         state.phase_steps_done += 1
         state.iteration += 1
         if state.log_stats is None:
-            state.log_stats = np.zeros(2 * self.k)
+            state.log_stats = torch.zeros(2 * self.k, dtype=torch.float64, device=self.device)
         state.log_stats += stats[:2 * self.k]
-        self._step_times.append(dt)
+        self._interval[0] += 1
+        self._interval[1] += time.perf_counter() - t0
         if state.iteration % self.log_interval == 0 or state.iteration == self.train_iters:
             self._log_train(state)
         if self.eval_interval and state.iteration % self.eval_interval == 0 and not (
@@ -163,29 +183,35 @@ class PhaseLoop:
             self._evaluate(state.iteration)
 
     def _log_train(self, state: LoopState) -> None:
-        sums, counts = state.log_stats[:self.k], state.log_stats[self.k:]
+        t0 = time.perf_counter()
+        log = _host(state.log_stats)  # the interval's one host sync; its wait is the tail of the steps' time
+        steps, seconds = self._interval[0], self._interval[1] + time.perf_counter() - t0
+        sums, counts = log[:self.k], log[self.k:]
         with np.errstate(invalid="ignore", divide="ignore"):
             per_domain = np.where(counts > 0, sums / counts, np.nan)
         loss = float(sums.sum() / max(counts.sum(), 1))
-        step_time = float(np.median(self._step_times)) if self._step_times else float("nan")
+        step_time = seconds / steps if steps else float("nan")
         lay = self.runner.layout
         tokens_per_s = lay.global_batch_size * lay.seq_length / step_time
+        figures = self.hooks.throughput(tokens_per_s)
         event = {"event": "train", "step": state.iteration, "loss": loss, "domain_loss": self._named(per_domain),
                  "domain_tokens": self._named(counts),
                  "weights": self._named(state.phase.weights), "lr": self.hooks.lr(), "tokens_per_s": tokens_per_s,
-                 "step_time_s": step_time, "phase_kind": state.phase.kind}
+                 "step_time_s": step_time, **figures, "phase_kind": state.phase.kind}
         self.metrics.record(event)
         self.metrics.print(
             f" iteration {state.iteration:>7d}/{self.train_iters} | consumed samples: "
             f"{state.iteration * lay.global_batch_size:>9d} | ms/step: {step_time * 1e3:8.1f} | "
-            f"lr: {event['lr']:.3E} | loss: {loss:.4f} | tokens/s: {tokens_per_s:,.0f} | "
+            f"lr: {event['lr']:.3E} | loss: {loss:.4f} | tokens/s: {tokens_per_s:,.0f}{progress_fields(figures)} | "
             f"phase: {state.phase.kind} {state.phase_steps_done}/{state.phase_steps}")
         state.log_stats = None
-        self._step_times = []
+        self._interval = [0, 0.0]
 
     # ------------------------------------------------------------------- run
     def run(self, state: LoopState) -> LoopState:
         """Train until ``train_iters`` (or an exit request); return the final state."""
+        state.phase_stats = _device(state.phase_stats, self.device)  # a restored state holds numpy
+        state.log_stats = _device(state.log_stats, self.device)
         while True:
             if state.phase is None:
                 if state.iteration >= self.train_iters:

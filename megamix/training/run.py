@@ -32,6 +32,7 @@ from megamix.training.report import test_report
 from megamix.training.resume import check_resume_config, refit_lr_schedule
 from megamix.training.signals import DomainGradScorer
 from megamix.training.step import StepLayout, StepRunner
+from megamix.training.throughput import Throughput, peak_tflops
 
 
 def seed_everything(seed: int) -> None:
@@ -86,7 +87,8 @@ class Run:
         if cfg.mixing.method == "doge":
             scorer = DomainGradScorer(self.engine.module, self.blend, self.layout, dist_info.device,
                                       self.evaluator.batches, tr.zero_stage)
-        self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference, scorer)
+        self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference, scorer,
+                                 prefetch=cfg.data.dataloader_prefetch)
         self.metrics = MetricsSink(tr.save, dist_info.is_main, cfg.logging.tensorboard_dir)
         if self.tag:
             self.state = self._restore()
@@ -139,6 +141,9 @@ class Run:
             should_save=lambda it: bool(tr.save_interval and it % tr.save_interval == 0),
             should_exit=self._should_exit,
             lr=lambda: float(self.engine.get_lr()[0]),
+            throughput=Throughput(self.cfg.model.flops_per_token(self.cfg.data.seq_length), self.dist.world_size,
+                                  peak_tflops(self.dist.device, self.cfg.logging.peak_tflops),
+                                  self.dist.device).measure,
         )
 
     def _should_exit(self, iteration: int) -> bool:
@@ -164,8 +169,11 @@ class Run:
         loop = PhaseLoop(self.mixer, self.runner, self.blend, self.schedule, self.evaluator, self.engine,
                          self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
                          self.cfg.training.eval_interval, self._hooks())
-        self.state = loop.run(self.state)
-        self.exit_handler.restore()
+        try:
+            self.state = loop.run(self.state)
+        finally:
+            self.runner.close()
+            self.exit_handler.restore()
         finished = self.state.iteration >= self.cfg.training.train_iters and self.state.phase is None
         if finished:
             self._finish()

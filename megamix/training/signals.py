@@ -20,8 +20,9 @@ import torch
 
 from megamix.data.blend import BlendedDataset
 from megamix.data.sampler import micro_batch_indices
-from megamix.training.distributed import all_reduce_sum
-from megamix.training.step import StepLayout, load_micro_batch
+from megamix.training.distributed import all_reduce_sum, to_host
+from megamix.training.loader import load_micro_batch
+from megamix.training.step import StepLayout
 
 
 def check_buffer_fits(vectors: int, numel: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -75,7 +76,7 @@ class DomainGradScorer:
             idx = mine[doms == d]
             for start in range(0, len(idx), lay.micro_batch_size):
                 mb = load_micro_batch(self.blend, idx[start:start + lay.micro_batch_size], self.device)
-                losses = self.module(mb["tokens"], mb["labels"]) * mb["loss_mask"]
+                losses = self.module(mb.tokens, mb.labels)
                 grads[d] += self._flat_grad(losses.sum() / (counts[d] * lay.seq_length))
         return grads
 
@@ -98,4 +99,4 @@ class DomainGradScorer:
         present = norms > 0
         mean_norm = norms[present].mean() if present.any() else norms.new_tensor(1.0)
         raw = lr * dots / mean_norm.clamp_min(1e-30)
-        return raw.clamp(0.0, 5.0 * lr).cpu().numpy()
+        return to_host(raw.clamp(0.0, 5.0 * lr))
