@@ -2,6 +2,7 @@
 
 import os
 import sys
+from typing import NoReturn
 
 
 def _default_accelerator() -> None:
