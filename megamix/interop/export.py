@@ -79,8 +79,18 @@ def save_hf_model(state: dict[str, torch.Tensor], cfg: GPTConfig, out_dir: str,
     model.save_pretrained(out_dir)
 
 
+def _usual_permissions(directory: str) -> None:
+    """mkdtemp and some writers create private files: give the export the umask's usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for name in os.listdir(directory):
+        os.chmod(os.path.join(directory, name), 0o666 & ~umask)
+
+
 def _replace_dir(tmp: str, out: str) -> None:
     """Move the finished ``tmp`` to ``out``, replacing an earlier export there only now."""
+    _usual_permissions(tmp)
     old = None
     if os.path.exists(out):
         old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(out)))
