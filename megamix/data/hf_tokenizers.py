@@ -153,3 +153,46 @@ class GPT2BPETokenizer(_TokenizersBacked):
     def __setstate__(self, state: dict) -> None:
         self._files = tuple(state["files"])
         self._load()
+
+
+def train_byte_level_bpe(text_file: str, vocab_size: int, threads: int = 1):
+    """A GPT-2-style byte-level BPE trained on a text file, with ``<|endoftext|>`` as id 0 (the eod)."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise ValueError(f"--vocab-size {vocab_size}: byte-level BPE needs at least 257 (256 bytes + {GPT2_EOD})")
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[GPT2_EOD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([text_file], trainer)
+    return tok
+
+
+def save_trained(tok, tokenizer_type: str, prefix: str) -> list[str]:
+    """Write a trained byte-level BPE as ``tokenizer_type`` expects it; returns the files written.
+
+    HuggingFaceTokenizer: ``<prefix>/tokenizer.json`` + ``tokenizer_config.json`` (eos_token);
+    GPT2BPETokenizer: ``<prefix>-vocab.json`` + ``<prefix>-merges.txt``.
+    """
+    from megamix.fileio import atomic_write_text
+
+    if tokenizer_type == "HuggingFaceTokenizer":
+        os.makedirs(prefix, exist_ok=True)
+        paths = [os.path.join(prefix, "tokenizer.json"), os.path.join(prefix, "tokenizer_config.json")]
+        atomic_write_text(paths[0], tok.to_str(pretty=True))
+        atomic_write_text(paths[1], json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": GPT2_EOD,
+                                                "bos_token": GPT2_EOD, "model_max_length": 1 << 30}, indent=1))
+        return paths
+    if tokenizer_type != "GPT2BPETokenizer":
+        raise ValueError(f"--tokenizer-type {tokenizer_type}: byte-level BPE saves as HuggingFaceTokenizer or "
+                         "GPT2BPETokenizer")
+    vocab, merges = json.loads(tok.to_str())["model"]["vocab"], json.loads(tok.to_str())["model"]["merges"]
+    paths = [f"{prefix}-vocab.json", f"{prefix}-merges.txt"]
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    atomic_write_text(paths[0], json.dumps(vocab, ensure_ascii=False))
+    lines = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    atomic_write_text(paths[1], "#version: 0.2\n" + "\n".join(lines) + "\n")
+    return paths
