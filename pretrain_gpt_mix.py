@@ -13,15 +13,14 @@ def _default_accelerator() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the run, train it, report; return the exit code."""
-    from megamix.data.tokenizer import TokenizerConfig
-    from megamix.training.arguments import config_from_args, parse_args
+    from megamix.training.arguments import config_from_args, parse_args, tokenizer_config_from_args
     from megamix.training.distributed import init_distributed, shutdown_distributed
     from megamix.training.run import Run
 
     _default_accelerator()
     args = parse_args(argv)
     try:
-        tok_cfg = TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+        tok_cfg = tokenizer_config_from_args(args)
         cfg = config_from_args(args, tok_cfg)
         dist_info = init_distributed()
         run = Run(cfg, dist_info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from megamix.data.config import DataConfig, parse_data_path, parse_split
-from megamix.data.tokenizer import TokenizerConfig
+from megamix.data.tokenizer import TOKENIZER_TYPES, TokenizerConfig
 from megamix.model.gpt import GPTConfig
 from megamix.training.config import LoggingConfig, OptimizerConfig, RunConfig, TrainingConfig
 from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
@@ -49,10 +49,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--eval-samples-per-domain", type=int, default=64)
     g.add_argument("--test-samples-per-domain", type=int, default=None)
-    g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
-                   choices=["SentencePieceTokenizer", "NullTokenizer"])
-    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--tokenizer-type", default="SentencePieceTokenizer", choices=list(TOKENIZER_TYPES))
+    g.add_argument("--tokenizer-model", default=None,
+                   help="SentencePiece .model, or tokenizer.json / its directory (HuggingFaceTokenizer)")
     g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary size")
+    g.add_argument("--vocab-file", default=None, help="GPT-2 BPE vocab.json (GPT2BPETokenizer)")
+    g.add_argument("--merge-file", default=None, help="GPT-2 BPE merges.txt (GPT2BPETokenizer)")
+    g.add_argument("--max-domain-epochs", type=float, default=None,
+                   help="error before a step that would draw a domain's training data more than X times")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -87,6 +91,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-test", action="store_true")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--wandb-project", default=None, help="log to Weights & Biases in this project (rank 0)")
+    g.add_argument("--wandb-exp-name", default=None, help="the W&B run name")
+    g.add_argument("--wandb-save-dir", default=None, help="the W&B run directory (default <save>/wandb)")
+    g.add_argument("--load-hf", default=None,
+                   help="initialise the model from a Llama-architecture Hugging Face checkpoint directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,13 +154,21 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
         precision=_precision(args), deepspeed_config=args.deepspeed_config, save=args.save,
         load=args.load, save_interval=args.save_interval, eval_interval=args.eval_interval,
         exit_interval=args.exit_interval, test_samples_per_domain=args.test_samples_per_domain,
-        skip_test=args.skip_test)
+        skip_test=args.skip_test, load_hf=args.load_hf, max_domain_epochs=args.max_domain_epochs)
     return RunConfig(
         model=_model_config(args, vocab_size), data=data, optimizer=optimizer, training=training,
         mixing=mixing_config_from_args(args, weights, [s.name for s in specs]),
-        logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir),
+        logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
+                              wandb_project=args.wandb_project, wandb_exp_name=args.wandb_exp_name,
+                              wandb_save_dir=args.wandb_save_dir),
         tokenizer=tokenizer,
     )
+
+
+def tokenizer_config_from_args(args: argparse.Namespace) -> TokenizerConfig:
+    """The TokenizerConfig of the --tokenizer-* / --vocab-* / --merge-file flags."""
+    return TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size, args.vocab_file,
+                           args.merge_file)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -160,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         _check_args(args)
-        TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+        tokenizer_config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
     return args
