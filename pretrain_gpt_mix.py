@@ -27,7 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"pretrain_gpt_mix.py: error: {e}", file=sys.stderr)
         return 2
-    run.train()
+    from megamix.training.repetition import RepetitionLimitError
+
+    try:
+        run.train()
+    except RepetitionLimitError as e:  # raised on every rank at the same phase, before its first step
+        if dist_info.is_main:
+            print(f"pretrain_gpt_mix.py: error: {e}", file=sys.stderr)
+        run.metrics.close()
+        shutdown_distributed()
+        return 2
     shutdown_distributed()
     return 0
 

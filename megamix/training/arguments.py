@@ -93,7 +93,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--wandb-project", default=None, help="log to Weights & Biases in this project (rank 0)")
     g.add_argument("--wandb-exp-name", default=None, help="the W&B run name")
-    g.add_argument("--wandb-save-dir", default=None, help="the W&B run directory (default <save>/wandb)")
+    g.add_argument("--wandb-save-dir", default=None, help="W&B writes its wandb/ folder here (default: --save)")
     g.add_argument("--load-hf", default=None,
                    help="initialise the model from a Llama-architecture Hugging Face checkpoint directory")
 

@@ -26,6 +26,8 @@ from megamix.training.engine import build_engine
 from megamix.training.evaluation import Evaluator
 from megamix.training.loop import LoopHooks, LoopState, PhaseLoop
 from megamix.training.metrics import MetricsSink
+from megamix.training.repetition import RepetitionTracker
+from megamix.training.wandb_writer import wandb_writer_for
 from megamix.training.reference import load_reference_model
 from megamix.training.report import test_report
 from megamix.training.signals import DomainGradScorer
@@ -68,6 +70,10 @@ class Run:
         self.blend = BlendedDataset(self.train_sets, self.schedule)
         self.blend.sync()
         self.model = GPT(cfg.model)
+        if tr.load_hf and not self.tag:
+            from megamix.interop.export import init_from_hf
+
+            init_from_hf(self.model, tr.load_hf)
         self.engine = build_engine(self.model, tr, cfg.optimizer, dist_info.world_size, dist_info.device)
         self.layout = StepLayout(tr.global_batch_size, tr.micro_batch_size, cfg.data.seq_length, dist_info.rank,
                                  dist_info.world_size, len(self.domains))
@@ -85,7 +91,9 @@ class Run:
             scorer = DomainGradScorer(self.engine.module, self.blend, self.layout, dist_info.device,
                                       self.evaluator.batches, tr.zero_stage)
         self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference, scorer)
-        self.metrics = MetricsSink(tr.save, dist_info.is_main, cfg.logging.tensorboard_dir)
+        lg = cfg.logging
+        self.metrics = MetricsSink(tr.save, dist_info.is_main, lg.tensorboard_dir, wandb_writer_for(
+            lg.wandb_project, lg.wandb_exp_name, lg.wandb_save_dir, tr.save, dist_info.is_main, cfg.to_dict()))
         if self.tag:
             self.state = self._restore()
         else:
@@ -132,13 +140,22 @@ class Run:
             atomic_write_text(os.path.join(save_dir, "config.json"),
                               json.dumps({**self.cfg.to_dict(), "domains": self.domains}, indent=2))
 
+    def _repetition(self) -> RepetitionTracker:
+        def warn(line: str, event: dict) -> None:
+            self.metrics.print(line)
+            self.metrics.record(event)
+
+        return RepetitionTracker(self.blend, [ds.samples_per_epoch for ds in self.train_sets],
+                                 self.cfg.training.global_batch_size, self.state.iteration,
+                                 self.cfg.training.max_domain_epochs, warn)
+
     def train(self) -> bool:
         """Run the phase loop; True when the run reached --train-iters."""
         announce(self.metrics.print, self.cfg.model.fused_kernels, self.cfg.optimizer.fused, self.dist.device)
         self._write_run_files()
         loop = PhaseLoop(self.mixer, self.runner, self.blend, self.schedule, self.evaluator, self.engine,
                          self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
-                         self.cfg.training.eval_interval, self._hooks())
+                         self.cfg.training.eval_interval, self._hooks(), self._repetition())
         self.state = loop.run(self.state)
         finished = self.state.iteration >= self.cfg.training.train_iters and self.state.phase is None
         if finished:
