@@ -110,3 +110,10 @@ def test_import_refuses_other_shapes_naming_flag_and_tensor(tmp_path):
     save_file(state, str(path), metadata={"format": "pt"})
     with pytest.raises(HFMappingError, match=r"layers\.1\.mlp\.fc2\.weight has shape \(64, 100\).*\(64, 192\)"):
         init_from_hf(_gpt(), str(tmp_path / "hf"))
+
+
+def test_load_hf_flag_needs_a_model_directory(tmp_path):
+    from megamix.training.config import TrainingConfig
+
+    with pytest.raises(ValueError, match=r"--load-hf .*no config.json"):
+        TrainingConfig(load_hf=str(tmp_path))

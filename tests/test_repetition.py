@@ -73,3 +73,13 @@ def test_max_domain_epochs_refuses_the_phase_naming_domain_step_and_flag(domains
     assert np.bincount(blend.domain_ids(0, (step - 1) * G), minlength=2)[1] <= spe[1]
     assert np.bincount(blend.domain_ids(0, step * G), minlength=2)[1] > spe[1]
     RepetitionTracker(blend, spe, G, 0, max_epochs=100.0).check_phase(4)  # a looser limit passes
+
+
+def test_flag_is_validated_and_may_change_on_resume():
+    from megamix.training.checkpoint import config_differences
+    from megamix.training.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="--max-domain-epochs must be > 0"):
+        TrainingConfig(max_domain_epochs=0)
+    saved = {"training": {"max_domain_epochs": 1.0, "seed": 1}}
+    assert config_differences(saved, {"training": {"max_domain_epochs": 2.0, "seed": 1}}) == []

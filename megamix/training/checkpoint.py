@@ -29,6 +29,7 @@ LATEST_FILE = "latest"
 RESUMABLE_CHANGES = {
     "training.save", "training.load", "training.save_interval", "training.exit_interval",
     "training.eval_interval", "training.skip_test", "logging.log_interval", "logging.tensorboard_dir",
+    "training.max_domain_epochs",  # its error says "raise --max-domain-epochs" and resume
 }
 
 
