@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import sys
+import time
 
 import pytest
 
@@ -24,20 +25,23 @@ EVENTS = [
 ]
 
 
-def read_wandb_history(run_file: str) -> list[dict]:
-    """History rows of an offline ``run-*.wandb`` file (LevelDB-log records of wandb Record protobufs)."""
+def read_wandb_history(run_file: str) -> tuple[list[dict], bool]:
+    """(history rows, whether the run's exit record is there) of an offline ``run-*.wandb`` file
+    (LevelDB-log records of wandb Record protobufs)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     with open(run_file, "rb") as f:
         data = f.read()
     assert data[:4] == b":W&B", data[:8]
-    pos, buf, rows = 7, b"", []
+    pos, buf, rows, finished = 7, b"", [], False
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
         length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
         if left < 7 or (length == 0 and kind == 0):
             pos += left if left < 7 else 7
             continue
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         buf += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
@@ -47,15 +51,22 @@ def read_wandb_history(run_file: str) -> list[dict]:
             if rec.WhichOneof("record_type") == "history":
                 rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                              for item in rec.history.item})
-    return rows
+            finished |= rec.WhichOneof("record_type") == "exit"
+    return rows, finished
 
 
 def logged_scalars(directory: str) -> dict:
     """{(step, tag): value} of the one offline run under ``directory``/wandb."""
     runs = glob.glob(os.path.join(directory, "wandb", "offline-run-*", "run-*.wandb"))
     assert len(runs) == 1, runs
+    deadline = time.monotonic() + 60
+    rows, finished = read_wandb_history(runs[0])
+    while not finished and time.monotonic() < deadline:  # wandb's service may still be writing the file
+        time.sleep(0.5)
+        rows, finished = read_wandb_history(runs[0])
+    assert finished, f"{runs[0]}: no exit record after 60 s"
     out = {}
-    for row in read_wandb_history(runs[0]):
+    for row in rows:
         out.update({(row["_step"], k): v for k, v in row.items() if not k.startswith("_")})
     return out
 
