@@ -30,16 +30,16 @@ def _fail_together(err: Exception, code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the run, train it, report; return the exit code."""
-    from megamix.data.tokenizer import TokenizerConfig
-    from megamix.training.arguments import config_from_args, parse_args
+    from megamix.training.arguments import config_from_args, parse_args, tokenizer_config_from_args
     from megamix.training.ckpt_verify import CheckpointError
     from megamix.training.distributed import distributed_session
+    from megamix.training.repetition import RepetitionLimitError
     from megamix.training.run import Run
 
     _default_accelerator()
     args = parse_args(argv)
     try:
-        tok_cfg = TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+        tok_cfg = tokenizer_config_from_args(args)
         cfg = config_from_args(args, tok_cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"pretrain_gpt_mix.py: error: {e}", file=sys.stderr)
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             run.train()
         except CheckpointError as e:  # a save that failed (full disk, permissions, I/O) on some rank
             _fail_together(e, 1)
+        except RepetitionLimitError as e:  # every rank at the same phase, before its first step
+            run.metrics.close()
+            _fail_together(e, 2)
     return 0
 
 

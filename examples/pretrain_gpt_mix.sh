@@ -6,7 +6,8 @@
 # that tools/make_fixture_data.py writes to data/tiny):
 #   DATA_PATH      --data-path value: "PREFIX1 PREFIX2 ..." or "W1 PREFIX1 W2 PREFIX2 ..."
 #                  (a prefix may be NAME=PREFIX)          default: the data/tiny fixture domains
-#   TOKENIZER      "NullTokenizer:VOCAB" or a SentencePiece .model path   default: NullTokenizer:512
+#   TOKENIZER      "NullTokenizer:VOCAB", a SentencePiece .model path, or a HF tokenizer.json
+#                  (or its directory)                                    default: NullTokenizer:512
 #   RUN_DIR        checkpoints, metrics.jsonl, test_results.json          default: runs/tiny-aioli
 #   METHOD         --mixing-method (aioli, stratified, natural, static, skillit, doremi, doge)
 #                                                                        default: aioli
@@ -36,6 +37,8 @@ fi
 TOKENIZER=${TOKENIZER:-NullTokenizer:512}
 if [[ "$TOKENIZER" == NullTokenizer:* ]]; then
     TOKENIZER_ARGS="--tokenizer-type NullTokenizer --vocab-size ${TOKENIZER#NullTokenizer:}"
+elif [[ -d "$TOKENIZER" || "$TOKENIZER" == *.json ]]; then
+    TOKENIZER_ARGS="--tokenizer-type HuggingFaceTokenizer --tokenizer-model $TOKENIZER"
 else
     TOKENIZER_ARGS="--tokenizer-type SentencePieceTokenizer --tokenizer-model $TOKENIZER"
 fi

@@ -86,7 +86,9 @@ def test_null_tokenizer():
 
 
 def test_build_tokenizer_errors():
-    with pytest.raises(ValueError, match="--tokenizer-type: unsupported 'GPT2BPETokenizer'"):
+    with pytest.raises(ValueError, match="--tokenizer-type: unsupported 'TikTokenizer'"):
+        build_tokenizer("TikTokenizer")
+    with pytest.raises(ValueError, match="GPT2BPETokenizer needs --vocab-file"):
         build_tokenizer("GPT2BPETokenizer")
     with pytest.raises(ValueError, match="needs --tokenizer-model"):
         build_tokenizer("SentencePieceTokenizer")

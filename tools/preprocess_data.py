@@ -22,8 +22,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-keys", nargs="+", default=["text"], help="keys to tokenize, one output per key")
     p.add_argument("--output-prefix", required=True)
     p.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    p.add_argument("--tokenizer-model", default=None, help="SentencePiece .model (SentencePieceTokenizer)")
+    p.add_argument("--tokenizer-model", default=None,
+                   help="SentencePiece .model, or tokenizer.json / its directory (HuggingFaceTokenizer)")
     p.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (NullTokenizer)")
+    p.add_argument("--vocab-file", default=None, help="GPT-2 BPE vocab.json (GPT2BPETokenizer)")
+    p.add_argument("--merge-file", default=None, help="GPT-2 BPE merges.txt (GPT2BPETokenizer)")
     p.add_argument("--append-eod", action="store_true", help="append the end-of-document id to every document")
     p.add_argument("--workers", type=int, default=1, help="tokenizing processes; output is the same for any number")
     p.add_argument("--log-interval", type=int, default=10000, help="documents between progress lines")
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = PreprocessConfig(
             inputs=args.input, output_prefix=args.output_prefix, json_keys=tuple(args.json_keys),
-            tokenizer=TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size),
+            tokenizer=TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size, args.vocab_file,
+                                      args.merge_file),
             append_eod=args.append_eod, workers=args.workers, log_interval=args.log_interval,
             skip_invalid=args.skip_invalid)
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

@@ -1,4 +1,9 @@
-"""Train a byte-fallback BPE SentencePiece tokenizer on a balanced, seeded sample of each domain.
+"""Train a tokenizer on a balanced, seeded sample of each domain.
+
+--tokenizer-type SentencePieceTokenizer (default): a byte-fallback BPE SentencePiece model,
+<prefix>.model. HuggingFaceTokenizer: a GPT-2-style byte-level BPE (``tokenizers``) saved as
+<prefix>/tokenizer.json; GPT2BPETokenizer: the same kind saved as <prefix>-vocab.json and
+<prefix>-merges.txt. Both byte-level kinds have <|endoftext|> (id 0) as end of document.
 
 Each domain is a directory of *.jsonl / *.jsonl.gz files. Up to --sample-mb-per-domain MB of
 text is drawn from every domain (documents picked at random with --seed), so a large domain
@@ -7,6 +12,8 @@ cannot crowd the others out of the vocabulary.
 Example:
     python tools/train_tokenizer.py --input-dirs corpus/code corpus/law corpus/books \\
         --vocab-size 32000 --model-prefix tokenizers/mix32k --sample-mb-per-domain 20
+    python tools/train_tokenizer.py --input-dirs corpus/code corpus/law --tokenizer-type HuggingFaceTokenizer \
+        --vocab-size 32000 --model-prefix tokenizers/mix32k-hf
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import tempfile
 import time
 
 from megamix.data.preprocess import PreprocessError, expand_inputs, parse_line, read_chunks
-from megamix.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from megamix.data.tokenizer import SentencePieceTokenizer, TokenizerConfig, train_sentencepiece
+
+TRAINABLE = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input-dirs", "--input", dest="input_dirs", nargs="+", required=True,
                    help="one directory of *.jsonl(.gz) per domain")
-    p.add_argument("--model-prefix", required=True, help="writes <prefix>.model and <prefix>.vocab")
+    p.add_argument("--model-prefix", required=True,
+                   help="SentencePiece: <prefix>.model/.vocab; HuggingFace: <prefix>/tokenizer.json; "
+                        "GPT2BPE: <prefix>-vocab.json/-merges.txt")
+    p.add_argument("--tokenizer-type", choices=TRAINABLE, default="SentencePieceTokenizer")
     p.add_argument("--vocab-size", type=int, default=32000)
     p.add_argument("--sample-mb-per-domain", type=float, default=20.0, help="MB of text sampled per domain")
     p.add_argument("--json-key", default="text")
@@ -77,6 +89,23 @@ def write_sentences(texts: list[str], out) -> int:
     return n
 
 
+def _train(args: argparse.Namespace, text_file: str):
+    """Train the requested kind on ``text_file``; returns (what was written, the loaded tokenizer)."""
+    if args.tokenizer_type == "SentencePieceTokenizer":
+        model = train_sentencepiece(text_file, args.model_prefix, args.vocab_size, seed=args.seed,
+                                    threads=args.threads)
+        return model, SentencePieceTokenizer(model)
+    from megamix.data.hf_tokenizers import save_trained, train_byte_level_bpe
+
+    paths = save_trained(train_byte_level_bpe(text_file, args.vocab_size, args.threads), args.tokenizer_type,
+                         args.model_prefix)
+    if args.tokenizer_type == "HuggingFaceTokenizer":
+        cfg = TokenizerConfig(args.tokenizer_type, tokenizer_model=args.model_prefix)
+    else:
+        cfg = TokenizerConfig(args.tokenizer_type, vocab_file=paths[0], merge_file=paths[1])
+    return " + ".join(paths), cfg.build()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Sample, train and print a summary; returns the exit status."""
     args = parse_args(argv)
@@ -93,12 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                 lines += write_sentences(texts, tmp)
                 print(f"{d}: sampled {len(texts)} documents, {size / 1e6:.2f} MB", file=sys.stderr)
             tmp.flush()
-            model = train_sentencepiece(tmp.name, args.model_prefix, args.vocab_size,
-                                        seed=args.seed, threads=args.threads)
+            model, tok = _train(args, tmp.name)
     except (PreprocessError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"train_tokenizer.py: error: {exc}", file=sys.stderr)
         return 1
-    tok = SentencePieceTokenizer(model)
     asked = "" if tok.vocab_size == args.vocab_size else f" (asked {args.vocab_size}: the sample is too small)"
     print(f"done: {model} vocab {tok.vocab_size}{asked} (eos {tok.eod}) from {len(args.input_dirs)} domains, "
           f"{lines} lines, {time.perf_counter() - start:.1f}s", file=sys.stderr)

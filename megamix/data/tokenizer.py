@@ -1,4 +1,5 @@
-"""Tokenizers with Megatron's type names: SentencePieceTokenizer and NullTokenizer."""
+"""Tokenizers with Megatron's type names: SentencePieceTokenizer, HuggingFaceTokenizer, GPT2BPETokenizer
+and NullTokenizer (the two in the middle live in ``hf_tokenizers.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-TOKENIZER_TYPES = ("SentencePieceTokenizer", "NullTokenizer")
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer", "GPT2BPETokenizer", "NullTokenizer")
 
 
 class Tokenizer(abc.ABC):
@@ -126,21 +127,28 @@ class NullTokenizer(Tokenizer):
 
 @dataclass
 class TokenizerConfig:
-    """Which tokenizer to build (--tokenizer-type, --tokenizer-model, --vocab-size)."""
+    """Which tokenizer to build (--tokenizer-type, --tokenizer-model, --vocab-size, --vocab-file, --merge-file)."""
 
     tokenizer_type: str = "SentencePieceTokenizer"
     """Megatron type name: one of TOKENIZER_TYPES."""
     tokenizer_model: str | None = None
-    """Path of the SentencePiece .model file (SentencePieceTokenizer)."""
+    """SentencePiece .model file, or a tokenizer.json / its directory (HuggingFaceTokenizer)."""
     vocab_size: int | None = None
     """Vocabulary size without the eod id (NullTokenizer)."""
+    vocab_file: str | None = None
+    """GPT-2 BPE vocab.json (GPT2BPETokenizer)."""
+    merge_file: str | None = None
+    """GPT-2 BPE merges.txt (GPT2BPETokenizer)."""
 
     def __post_init__(self) -> None:
         if self.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"--tokenizer-type: unsupported {self.tokenizer_type!r}; "
                              f"expected one of {', '.join(TOKENIZER_TYPES)}")
-        if self.tokenizer_type == "SentencePieceTokenizer" and not self.tokenizer_model:
-            raise ValueError("--tokenizer-type SentencePieceTokenizer needs --tokenizer-model PATH")
+        if self.tokenizer_type in ("SentencePieceTokenizer", "HuggingFaceTokenizer") and not self.tokenizer_model:
+            raise ValueError(f"--tokenizer-type {self.tokenizer_type} needs --tokenizer-model PATH")
+        if self.tokenizer_type == "GPT2BPETokenizer" and not (self.vocab_file and self.merge_file):
+            raise ValueError("--tokenizer-type GPT2BPETokenizer needs --vocab-file vocab.json and "
+                             "--merge-file merges.txt")
         if self.tokenizer_type == "NullTokenizer" and self.vocab_size is None:
             raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size N")
 
@@ -148,13 +156,22 @@ class TokenizerConfig:
         """Construct the tokenizer."""
         if self.tokenizer_type == "SentencePieceTokenizer":
             return SentencePieceTokenizer(self.tokenizer_model)
+        if self.tokenizer_type == "HuggingFaceTokenizer":
+            from megamix.data.hf_tokenizers import HuggingFaceTokenizer
+
+            return HuggingFaceTokenizer(self.tokenizer_model)
+        if self.tokenizer_type == "GPT2BPETokenizer":
+            from megamix.data.hf_tokenizers import GPT2BPETokenizer
+
+            return GPT2BPETokenizer(self.vocab_file, self.merge_file)
         return NullTokenizer(self.vocab_size)
 
 
 def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None,
-                    vocab_size: int | None = None) -> Tokenizer:
+                    vocab_size: int | None = None, vocab_file: str | None = None,
+                    merge_file: str | None = None) -> Tokenizer:
     """Build a tokenizer from Megatron's type name and its arguments."""
-    return TokenizerConfig(tokenizer_type, tokenizer_model, vocab_size).build()
+    return TokenizerConfig(tokenizer_type, tokenizer_model, vocab_size, vocab_file, merge_file).build()
 
 
 def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, seed: int = 1234,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from megamix.data.config import DataConfig, parse_data_path, parse_split
-from megamix.data.tokenizer import TokenizerConfig
+from megamix.data.tokenizer import TOKENIZER_TYPES, TokenizerConfig
 from megamix.model.gpt import GPTConfig
 from megamix.training.config import LoggingConfig, OptimizerConfig, RunConfig, TrainingConfig
 from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
@@ -57,10 +57,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataloader-prefetch", type=int, default=2,
                    help="optimizer steps of batches read ahead in a background thread (0: read in the step)")
     g.add_argument("--test-samples-per-domain", type=int, default=None)
-    g.add_argument("--tokenizer-type", default="SentencePieceTokenizer",
-                   choices=["SentencePieceTokenizer", "NullTokenizer"])
-    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--tokenizer-type", default="SentencePieceTokenizer", choices=list(TOKENIZER_TYPES))
+    g.add_argument("--tokenizer-model", default=None,
+                   help="SentencePiece .model, or tokenizer.json / its directory (HuggingFaceTokenizer)")
     g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary size")
+    g.add_argument("--vocab-file", default=None, help="GPT-2 BPE vocab.json (GPT2BPETokenizer)")
+    g.add_argument("--merge-file", default=None, help="GPT-2 BPE merges.txt (GPT2BPETokenizer)")
+    g.add_argument("--max-domain-epochs", type=float, default=None,
+                   help="error before a step that would draw a domain's training data more than X times")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +110,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s of one device for MFU (default: a table of known GPUs; none on CPU)")
+    g.add_argument("--wandb-project", default=None, help="log to Weights & Biases in this project (rank 0)")
+    g.add_argument("--wandb-exp-name", default=None, help="the W&B run name")
+    g.add_argument("--wandb-save-dir", default=None, help="W&B writes its wandb/ folder here (default: --save)")
+    g.add_argument("--load-hf", default=None,
+                   help="initialise the model from a Llama-architecture Hugging Face checkpoint directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,14 +184,22 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
         compile=args.compile, save=args.save,
         load=args.load, save_interval=args.save_interval, eval_interval=args.eval_interval,
         exit_interval=args.exit_interval, test_samples_per_domain=args.test_samples_per_domain,
-        skip_test=args.skip_test, ckpt_step=args.ckpt_step, exit_signals=parse_exit_signals(args.exit_signals))
+        skip_test=args.skip_test, ckpt_step=args.ckpt_step, exit_signals=parse_exit_signals(args.exit_signals),
+        load_hf=args.load_hf, max_domain_epochs=args.max_domain_epochs)
     return RunConfig(
         model=_model_config(args, vocab_size), data=data, optimizer=optimizer, training=training,
         mixing=mixing_config_from_args(args, weights, [s.name for s in specs]),
         logging=LoggingConfig(log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
-                              peak_tflops=args.peak_tflops),
+                              peak_tflops=args.peak_tflops, wandb_project=args.wandb_project,
+                              wandb_exp_name=args.wandb_exp_name, wandb_save_dir=args.wandb_save_dir),
         tokenizer=tokenizer,
     )
+
+
+def tokenizer_config_from_args(args: argparse.Namespace) -> TokenizerConfig:
+    """The TokenizerConfig of the --tokenizer-* / --vocab-* / --merge-file flags."""
+    return TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size, args.vocab_file,
+                           args.merge_file)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -191,7 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         _check_args(args)
-        TokenizerConfig(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+        tokenizer_config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
     return args

@@ -101,6 +101,10 @@ class TrainingConfig:
     """Resume from the checkpoint of this iteration instead of ``latest`` (--ckpt-step)."""
     exit_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     """Signals that make every rank finish its step, save and exit 0 (--exit-signals)."""
+    load_hf: str | None = None
+    """Initialise a fresh run's model from this Llama-architecture HF checkpoint directory (--load-hf)."""
+    max_domain_epochs: float | None = None
+    """Error before a step that would draw a domain's training split more than this many times."""
 
     def __post_init__(self) -> None:
         for flag, v in (("--micro-batch-size", self.micro_batch_size), ("--global-batch-size", self.global_batch_size),
@@ -124,6 +128,10 @@ class TrainingConfig:
             raise ValueError("--ckpt-step needs --load (the directory that holds the checkpoint)")
         if self.deepspeed_config and not os.path.isfile(self.deepspeed_config):
             raise ValueError(f"--deepspeed_config: no such file {self.deepspeed_config}")
+        if self.load_hf and not os.path.isfile(os.path.join(self.load_hf, "config.json")):
+            raise ValueError(f"--load-hf {self.load_hf}: not a Hugging Face model directory (no config.json)")
+        if self.max_domain_epochs is not None and not self.max_domain_epochs > 0:
+            raise ValueError(f"--max-domain-epochs must be > 0, got {self.max_domain_epochs}")
 
     def gradient_accumulation_steps(self, dp_size: int) -> int:
         """global / (micro x data-parallel size); raises when it does not divide."""
@@ -136,7 +144,7 @@ class TrainingConfig:
 
 @dataclass
 class LoggingConfig:
-    """Console, metrics.jsonl and TensorBoard output."""
+    """Console, metrics.jsonl, TensorBoard and Weights & Biases output."""
 
     log_interval: int = 10
     """Steps between progress lines and 'train' metrics events (--log-interval)."""
@@ -144,12 +152,24 @@ class LoggingConfig:
     """Write TensorBoard scalars here (--tensorboard-dir)."""
     peak_tflops: float | None = None
     """Peak TFLOP/s of one device for MFU; default from a table of known GPUs, none on CPU (--peak-tflops)."""
+    wandb_project: str | None = None
+    """Log the same scalars to this Weights & Biases project, from rank 0 (--wandb-project)."""
+    wandb_exp_name: str | None = None
+    """The W&B run's name (--wandb-exp-name)."""
+    wandb_save_dir: str | None = None
+    """Directory under which W&B writes its wandb/ folder; default --save (--wandb-save-dir)."""
 
     def __post_init__(self) -> None:
         if self.log_interval < 1:
             raise ValueError(f"--log-interval must be >= 1, got {self.log_interval}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"--peak-tflops must be > 0, got {self.peak_tflops}")
+        if (self.wandb_exp_name or self.wandb_save_dir) and not self.wandb_project:
+            raise ValueError("--wandb-exp-name / --wandb-save-dir need --wandb-project")
+        if self.wandb_project:
+            from megamix.training.wandb_writer import require_wandb
+
+            require_wandb()
 
 
 @dataclass

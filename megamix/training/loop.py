@@ -21,6 +21,7 @@ from megamix.mixing.base import Mixer, Observation, Phase
 from megamix.training.distributed import broadcast_and_check, group_device, to_host
 from megamix.training.evaluation import Evaluator, perplexity
 from megamix.training.metrics import MetricsSink
+from megamix.training.repetition import RepetitionTracker
 from megamix.training.step import StepRunner
 from megamix.training.throughput import progress_fields
 
@@ -100,7 +101,7 @@ class PhaseLoop:
 
     def __init__(self, mixer: Mixer, runner: StepRunner, blend: BlendedDataset, schedule: MixtureSchedule,
                  evaluator: Evaluator, model, metrics: MetricsSink, train_iters: int, log_interval: int,
-                 eval_interval: int | None, hooks: LoopHooks) -> None:
+                 eval_interval: int | None, hooks: LoopHooks, repetition: RepetitionTracker | None = None) -> None:
         self.mixer = mixer
         self.runner = runner
         self.blend = blend
@@ -112,6 +113,7 @@ class PhaseLoop:
         self.log_interval = log_interval
         self.eval_interval = eval_interval
         self.hooks = hooks
+        self.repetition = repetition
         self.domains = list(mixer.ctx.domains)
         self.k = len(self.domains)
         self._interval = [0, 0.0]  # steps and seconds since the last 'train' event
@@ -128,6 +130,8 @@ class PhaseLoop:
         if steps:
             self.schedule.append(steps * self.runner.layout.global_batch_size, weights)
             self.blend.sync()
+            if self.repetition:
+                self.repetition.check_phase(state.iteration)
         state.phase, state.phase_steps, state.phase_steps_done = phase, steps, 0
         state.phase_stats = torch.zeros(3 * self.k, dtype=torch.float64, device=self.device)
         state.phases_started += 1
@@ -171,6 +175,8 @@ class PhaseLoop:
             state.signal_sums[name] = state.signal_sums.get(name, 0.0) + values
         state.phase_steps_done += 1
         state.iteration += 1
+        if self.repetition:
+            self.repetition.after_step(state.iteration)
         if state.log_stats is None:
             state.log_stats = torch.zeros(2 * self.k, dtype=torch.float64, device=self.device)
         state.log_stats += stats[:2 * self.k]
@@ -198,12 +204,15 @@ class PhaseLoop:
                  "domain_tokens": self._named(counts),
                  "weights": self._named(state.phase.weights), "lr": self.hooks.lr(), "tokens_per_s": tokens_per_s,
                  "step_time_s": step_time, **figures, "phase_kind": state.phase.kind}
+        if self.repetition:
+            event["domain_epochs"] = self._named(self.repetition.epochs())
         self.metrics.record(event)
         self.metrics.print(
             f" iteration {state.iteration:>7d}/{self.train_iters} | consumed samples: "
             f"{state.iteration * lay.global_batch_size:>9d} | ms/step: {step_time * 1e3:8.1f} | "
             f"lr: {event['lr']:.3E} | loss: {loss:.4f} | tokens/s: {tokens_per_s:,.0f}{progress_fields(figures)} | "
-            f"phase: {state.phase.kind} {state.phase_steps_done}/{state.phase_steps}")
+            f"phase: {state.phase.kind} {state.phase_steps_done}/{state.phase_steps}"
+            + (f" | epochs: {self.repetition.describe()}" if self.repetition else ""))
         state.log_stats = None
         self._interval = [0, 0.0]
 

@@ -27,6 +27,8 @@ from megamix.training.evaluation import Evaluator
 from megamix.training.loop import LoopHooks, LoopState, PhaseLoop
 from megamix.training.metrics import MetricsSink
 from megamix.training.preemption import ExitSignalHandler
+from megamix.training.repetition import RepetitionTracker
+from megamix.training.wandb_writer import wandb_writer_for
 from megamix.training.reference import load_reference_model
 from megamix.training.report import test_report
 from megamix.training.resume import check_resume_config, refit_lr_schedule
@@ -70,6 +72,8 @@ class Run:
         self.blend.sync()
         set_matmul_precision(tr, dist_info.device)
         self.model = build_model(cfg.model, tr, cfg.optimizer, dist_info.world_size)
+        if tr.load_hf and not self.tag:
+            self._init_from_hf()
         self.engine = build_engine(self.model, tr, cfg.optimizer, dist_info.world_size, dist_info.device)
         self.precision_line = describe_precision(self.engine, tr, dist_info.device)
         self.layout = StepLayout(tr.global_batch_size, tr.micro_batch_size, cfg.data.seq_length, dist_info.rank,
@@ -89,12 +93,26 @@ class Run:
                                       self.evaluator.batches, tr.zero_stage)
         self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference, scorer,
                                  prefetch=cfg.data.dataloader_prefetch)
-        self.metrics = MetricsSink(tr.save, dist_info.is_main, cfg.logging.tensorboard_dir)
+        lg = cfg.logging
+        self.metrics = MetricsSink(tr.save, dist_info.is_main, lg.tensorboard_dir, wandb_writer_for(
+            lg.wandb_project, lg.wandb_exp_name, lg.wandb_save_dir, tr.save, dist_info.is_main, cfg.to_dict()))
         if self.tag:
             self.state = self._restore()
         else:
             self.metrics.truncate(0)  # lines of an earlier attempt that died before its first checkpoint
             self.state = LoopState()
+
+    def _init_from_hf(self) -> None:
+        """--load-hf on a fresh run; under ZeRO-3 into the gathered parameters, rank 0's copy broadcast."""
+        from megamix.interop.export import init_from_hf
+
+        if self.cfg.training.zero_stage < 3:
+            init_from_hf(self.model, self.cfg.training.load_hf)
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=0):
+            init_from_hf(self.model, self.cfg.training.load_hf)
 
     def _restore(self) -> LoopState:
         load_checkpoint(self.engine, self.cfg.training.load, self.tag)
@@ -161,6 +179,15 @@ class Run:
             atomic_write_text(os.path.join(save_dir, "config.json"),
                               json.dumps({**self.cfg.to_dict(), "domains": self.domains}, indent=2))
 
+    def _repetition(self) -> RepetitionTracker:
+        def warn(line: str, event: dict) -> None:
+            self.metrics.print(line)
+            self.metrics.record(event)
+
+        return RepetitionTracker(self.blend, [ds.samples_per_epoch for ds in self.train_sets],
+                                 self.cfg.training.global_batch_size, self.state.iteration,
+                                 self.cfg.training.max_domain_epochs, warn)
+
     def train(self) -> bool:
         """Run the phase loop; True when the run reached --train-iters."""
         announce(self.metrics.print, self.cfg.model.fused_kernels, self.cfg.optimizer.fused, self.dist.device)
@@ -168,7 +195,7 @@ class Run:
         self._write_run_files()
         loop = PhaseLoop(self.mixer, self.runner, self.blend, self.schedule, self.evaluator, self.engine,
                          self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
-                         self.cfg.training.eval_interval, self._hooks())
+                         self.cfg.training.eval_interval, self._hooks(), self._repetition())
         try:
             self.state = loop.run(self.state)
         finally:

@@ -1,0 +1,1 @@
+"""Interoperability with the wider ecosystem: Hugging Face checkpoints and tokenizers."""
