@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from launch import REPO, _env, events, launch, make_data, tiny_args, torchrun_cmd
+from launch import REPO, job_env, events, launch, make_data, tiny_args, torchrun_cmd
 
 transformers = pytest.importorskip("transformers")
 
@@ -117,7 +117,7 @@ def test_max_domain_epochs_stops_before_the_step_that_would_pass_it(data, tmp_pa
     # phase 2 takes every domain past 0.06
     args = tiny_args(prefixes, run, cache, iters=10, **{"--max-domain-epochs": 0.045, "--skip-test": True,
                                                        "--mixing-update-interval": 5})
-    proc = subprocess.run(torchrun_cmd(args), env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(torchrun_cmd(args), env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0, proc.stderr[-3000:]
     flag = "--max-domain-epochs 0.045 at step "
     assert flag in proc.stderr and "would be drawn" in proc.stderr, proc.stderr[-3000:]
