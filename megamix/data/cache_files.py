@@ -8,7 +8,6 @@ on rank 0 (an unwritable cache directory) an error on every rank rather than a h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -17,16 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-_CHUNK = 8 << 20
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+from megamix.fileio import file_sha256
 
 
 def describe_array_files(paths: dict[str, str], arrays: dict[str, np.ndarray]) -> dict[str, dict]:

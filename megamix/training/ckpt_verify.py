@@ -20,24 +20,15 @@ import re
 from contextlib import contextmanager
 from typing import Iterator
 
+from megamix.fileio import file_sha256
 from megamix.training.distributed import all_gather_object
 
 STATE_FILE = "megamix_state.json"
-_CHUNK = 8 << 20
 _TAG = re.compile(r"^iter_(\d{7})$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from, or a save that failed; the message says which file and why."""
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a file, read in 8 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def describe_files(root: str, paths: list[str], rank: int) -> dict[str, dict]:
