@@ -69,6 +69,8 @@ class TrainingConfig:
     """Samples per rank per forward pass (--micro-batch-size)."""
     global_batch_size: int = 32
     """Samples per optimizer step over all ranks (--global-batch-size)."""
+    eval_micro_batch_size: int | None = None
+    """Samples per rank per no-grad evaluation pass; None means micro_batch_size (--eval-micro-batch-size)."""
     train_iters: int = 100
     """Optimizer steps of the run, probes included (--train-iters)."""
     seed: int = 1234
@@ -99,6 +101,8 @@ class TrainingConfig:
                         ("--train-iters", self.train_iters)):
             if v < 1:
                 raise ValueError(f"{flag} must be >= 1, got {v}")
+        if self.eval_micro_batch_size is not None and self.eval_micro_batch_size < 1:
+            raise ValueError(f"--eval-micro-batch-size must be >= 1, got {self.eval_micro_batch_size}")
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(f"--global-batch-size {self.global_batch_size} is not a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
@@ -112,6 +116,11 @@ class TrainingConfig:
                 raise ValueError(f"{flag} must be >= 1, got {v}")
         if self.deepspeed_config and not os.path.isfile(self.deepspeed_config):
             raise ValueError(f"--deepspeed_config: no such file {self.deepspeed_config}")
+
+    @property
+    def eval_batch(self) -> int:
+        """Samples per rank per evaluation pass (--eval-micro-batch-size, else --micro-batch-size)."""
+        return self.eval_micro_batch_size or self.micro_batch_size
 
     def gradient_accumulation_steps(self, dp_size: int) -> int:
         """global / (micro x data-parallel size); raises when it does not divide."""
