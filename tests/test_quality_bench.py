@@ -118,3 +118,38 @@ def test_table_counts_intervals_below_zero_and_signs_and_marks_partial_cells():
     assert "(n=2/3)" in rows["stratified"] and "-1.00 ± 0.00" in rows["p0.45"]
     notes = headroom_notes(summary, settings)
     assert len(notes) == 1 and notes[0].startswith("- s3: best reachable tilt p0.45 -1.00 (n=2)")
+
+
+# ---------------------------------------------------------------- runs (training mocked)
+def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_run(tmp_path, monkeypatch):
+    from benchmarks import quality_runs as qr
+
+    trained, fits = [], []
+
+    def fake_train(spec, run_dir, domains, seed, flags, iters=None, label=""):
+        trained.append((os.path.relpath(run_dir, tmp_path), iters or spec.train_iters, flags))
+        return {"run_dir": run_dir, "avg_test_ppl": 1.0}
+
+    def fake_fit(kind, runs, out):
+        fits.append(out)
+        qr._weights_file(out, ["a", "b"], [0.3, 0.7])  # the sweep's mix02 mixture
+        return out
+
+    monkeypatch.setattr(qr, "train", fake_train)
+    monkeypatch.setattr(qr, "_fit", fake_fit)
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    root = lambda m: str(tmp_path / "s" / m / "seed1")  # noqa: E731
+    half = qr.run_method(spec, "grid-half", root("grid-half"), ["a", "b"], 1)
+    prior = qr.run_method(spec, "grid+aioli", root("grid+aioli"), ["a", "b"], 1)
+    sweeps = [t for t in trained if "/sweep/" in t[0]]
+    assert len({t[0] for t in sweeps}) == 9 and all(t[1] == 500 for t in sweeps)  # one half-length sweep, shared
+    assert half["extra_steps"] == prior["extra_steps"] == 9 * 500
+    final_prior = trained[-1]
+    assert final_prior[0] == "s/grid+aioli/seed1/final" and "--aioli-prior" in final_prior[2]
+    assert final_prior[2][final_prior[2].index("--aioli-one-hot-factor") + 1] == "0.625"
+    trained.clear()
+    full = qr.run_method(spec, "grid", root("grid"), ["a", "b"], 1)
+    assert full["run_dir"].endswith(os.path.join("_learn", "seed1", "full", "sweep", "mix02"))
+    assert full["extra_steps"] == 8 * 1000 and not any(t[0].startswith("s/grid/") for t in trained)
+    tilt = qr.run_method(spec, "p0.45", root("p0.45"), ["a", "b"], 1)
+    assert tilt["method"] == "p0.45" and qr._tilt("p0.45", 2) == [0.45, pytest.approx(0.55)]
