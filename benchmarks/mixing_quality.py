@@ -75,7 +75,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aux-seeds", type=int, default=3,
                    help="paper profile: seeds of the headroom and restricted rows (at most --seeds)")
     p.add_argument("--split-seed", type=int, default=None,
-                   help="seed of the document split, fixed across --seeds (default: paper 1; quick/full: each seed's own)")
+                   help="seed of the document split, fixed across --seeds "
+                        "(default: paper 1; quick/full: each seed's own)")
     p.add_argument("--corpus", default=None,
                    help="directory of tokenized domains <name>_text_document.{bin,idx} plus tokenizer.model; "
                         "default: build the built-in corpus with examples/prepare_data.sh into data/corpus")

@@ -54,7 +54,8 @@ class QualitySpec:
         warm = (f"warmup {self.warmup_fraction:.0%} of the steps" if self.warmup_fraction is not None
                 else f"warmup {self.warmup}")
         text = (f"Corpus: {os.path.abspath(self.corpus)}. Model: GPT {self.num_layers} layers, hidden "
-                f"{self.hidden_size}, {self.heads} heads, seq {self.seq_length}, SentencePiece tokenizer of the corpus; "
+                f"{self.hidden_size}, {self.heads} heads, seq {self.seq_length}, SentencePiece tokenizer of the "
+                "corpus; "
                 f"{self.train_iters} steps of {self.global_batch} samples ({self.global_batch * self.seq_length} "
                 f"tokens/step), AdamW lr {self.lr} cosine to {self.min_lr}, {warm}; {self.nproc} CPU processes "
                 f"(gloo, fp32). Eval: {self.eval_samples} validation samples per domain; test: {self.test_samples} "

@@ -39,7 +39,8 @@ def test_paper_recipe_flags_and_share():
     assert (r.one_hot_factor, r.eta, r.ema, r.update, r.prior_steps) == (0.625, 0.2, 0.1, "reset", 0)
     assert r.probe_share == pytest.approx(0.12)
     flags = r.flags()
-    assert flags[flags.index("--aioli-one-hot-factor") + 1] == "0.625" and flags[flags.index("--aioli-ema") + 1] == "0.1"
+    assert flags[flags.index("--aioli-one-hot-factor") + 1] == "0.625"
+    assert flags[flags.index("--aioli-ema") + 1] == "0.1"
     r3 = aioli_recipe(3, 50)
     assert (r3.one_hot_factor, r3.eta, r3.ema) == (0.5, 0.1, 0.5) and r3.probe_share == pytest.approx(0.3)
     r7 = aioli_recipe(7, 50)

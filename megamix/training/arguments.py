@@ -144,8 +144,9 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
         weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
         adam_eps=args.adam_eps, clip_grad=args.clip_grad, fused=args.optimizer_impl)
     training = TrainingConfig(
-        micro_batch_size=args.micro_batch_size, eval_micro_batch_size=args.eval_micro_batch_size,
-        global_batch_size=args.global_batch_size, train_iters=args.train_iters, seed=args.seed, zero_stage=args.zero_stage,
+        micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
+        train_iters=args.train_iters, seed=args.seed, zero_stage=args.zero_stage,
+        eval_micro_batch_size=args.eval_micro_batch_size,
         precision=_precision(args), deepspeed_config=args.deepspeed_config, save=args.save,
         load=args.load, save_interval=args.save_interval, eval_interval=args.eval_interval,
         exit_interval=args.exit_interval, test_samples_per_domain=args.test_samples_per_domain,
