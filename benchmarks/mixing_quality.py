@@ -83,6 +83,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="default runs/mixing_quality (quick, full), runs/mixing_quality_paper")
     p.add_argument("--train-iters", type=int, default=None, help="steps N of every final run (default 160; paper 1000)")
     p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the table of the runs finished so far (cells say what is missing)")
     return p.parse_args(argv)
 
 
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = _corpus(args)
     _check_settings(settings, corpus)
     spec = build_spec(args, corpus)
+    spec.report_only = args.report_only
     ks = sorted({len(d) for d in settings.values()})
     if spec.profile == "paper":
         try:

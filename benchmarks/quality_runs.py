@@ -42,6 +42,7 @@ class QualitySpec:
     split_seed: int | None = None
     eval_micro_batch: int | None = None
     warmup_fraction: float | None = None
+    report_only: bool = False  # tabulate finished runs; train nothing (--report-only)
 
     def warmup_iters(self, iters: int) -> int:
         """LR warm-up steps of a run of ``iters`` steps (a fraction of it in the paper profile)."""
@@ -111,6 +112,10 @@ def paper_spec(corpus: str, out: str, train_iters: int = 1000, nproc: int = 2, s
                        warmup_fraction=0.1)
 
 
+class NotRun(Exception):
+    """A run that has not finished, met under --report-only."""
+
+
 def _done(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "test_results.json"))
 
@@ -132,6 +137,8 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
     iters = iters or spec.train_iters
     t0 = time.time()
     _check_same_domains(run_dir, domains)
+    if not _done(run_dir) and spec.report_only:
+        raise NotRun(run_dir)
     if not _done(run_dir):
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc}",
@@ -313,6 +320,9 @@ def run_setting(spec: QualitySpec, name: str, domains: list[str], plan: list[tup
         for method, seeds in plan:
             if seed <= seeds:
                 root = os.path.join(spec.out, name, method, f"seed{seed}")
-                records.append({"setting": name, "domains": list(domains),
-                                **run_method(spec, method, root, domains, seed)})
+                try:
+                    records.append({"setting": name, "domains": list(domains),
+                                    **run_method(spec, method, root, domains, seed)})
+                except NotRun as e:
+                    print(f"  {method} seed {seed}: not run yet ({e})", flush=True)
     return records

@@ -154,3 +154,18 @@ def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_r
     assert full["extra_steps"] == 8 * 1000 and not any(t[0].startswith("s/grid/") for t in trained)
     tilt = qr.run_method(spec, "p0.45", root("p0.45"), ["a", "b"], 1)
     assert tilt["method"] == "p0.45" and qr._tilt("p0.45", 2) == [0.45, pytest.approx(0.55)]
+
+
+def test_report_only_trains_nothing_and_skips_unfinished_runs(tmp_path, capsys):
+    from benchmarks import quality_runs as qr
+
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    spec.report_only = True
+    done = tmp_path / "s" / "stratified" / "seed1" / "final"
+    done.mkdir(parents=True)
+    (done / "test_results.json").write_text('{"test_ppl": {"a": 2.0, "b": 4.0}, "avg_test_ppl": 3.0, '
+                                            '"worst_domain": "b", "worst_test_ppl": 4.0}')
+    recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 2), ("aioli", 2)])
+    assert [(r["method"], r["seed"], r["avg_test_ppl"]) for r in recs] == [("stratified", 1, 3.0)]
+    assert "aioli seed 1: not run yet" in capsys.readouterr().out
+    assert not (tmp_path / "s" / "aioli" / "seed1" / "final").exists()
