@@ -19,6 +19,7 @@ difference in evaluation passes; the rest of Aioli's extra non-step time over st
 is phase overhead (schedule segments, blend rebuilds, mixer, broadcasts).
 
   python benchmarks/bench_mixing.py [--train-iters 400] [--repeats 1] [--out FILE]
+  python benchmarks/bench_mixing.py --profile paper --train-iters 1000   # the paper profile's settings
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 from launch import make_data, tiny_args, torchrun_cmd  # noqa: E402
+
+from benchmarks.paper_profile import aioli_recipe  # noqa: E402
+from benchmarks.quality_runs import paper_spec  # noqa: E402
 
 METHODS = {
     "stratified": {"--mixing-method": "stratified"},
@@ -75,9 +80,25 @@ def analyse(run_dir: str, loop_s: float) -> dict:
             "median_step_ms": 1e3 * sorted(e["step_time_s"] for e in steps)[len(steps) // 2]}
 
 
+def paper_flags(method_flags: dict, iters: int) -> dict:
+    """Flags of mixing_quality.py's paper profile (model, eval, rounds; Aioli's recipe for the 3 fixture domains)."""
+    spec = paper_spec("unused", "unused", iters)
+    over = {"--num-layers": spec.num_layers, "--hidden-size": spec.hidden_size, "--num-attention-heads": spec.heads,
+            "--seq-length": spec.seq_length, "--micro-batch-size": spec.micro_batch,
+            "--global-batch-size": spec.global_batch, "--eval-samples-per-domain": spec.eval_samples,
+            "--eval-micro-batch-size": spec.eval_micro_batch, "--mixing-update-interval": spec.round_length,
+            "--lr": spec.lr, "--min-lr": spec.min_lr, "--lr-warmup-iters": spec.warmup_iters(iters),
+            "--vocab-size": 4096}  # the corpus tokenizer's size: the output layer is a large share of a step
+    if method_flags["--mixing-method"] == "aioli":
+        recipe = aioli_recipe(3, spec.round_length).flags()
+        over.update(dict(zip(recipe[2::2], recipe[3::2])))
+    return over
+
+
 def bench(args: argparse.Namespace, work: str) -> dict:
     """Time every method (the fastest of --repeats) and return the per-method analyses."""
-    prefixes = make_data(os.path.join(work, "data"), num_docs=args.num_docs)
+    num_docs = args.num_docs if args.profile == "default" else max(args.num_docs, 2000)  # >= 64 valid samples
+    prefixes = make_data(os.path.join(work, "data"), num_docs=num_docs)
     cache = os.path.join(work, "cache")
     results: dict = {}
     for rep in range(args.repeats):  # methods interleaved, so slow drifts in machine load hit all alike
@@ -85,6 +106,8 @@ def bench(args: argparse.Namespace, work: str) -> dict:
             run = os.path.join(work, f"{name}-{rep}")
             over = {**flags, "--mixing-update-interval": args.interval, "--eval-samples-per-domain": args.eval_samples,
                     "--skip-test": True, "--log-interval": 1, "--lr": 1e-3, "--min-lr": 1e-4}
+            if args.profile == "paper":
+                over.update(paper_flags(flags, args.train_iters))
             run_args = tiny_args(prefixes, run, cache, iters=args.train_iters, **over)
             result = analyse(run, timed_launch(run_args, args.nproc))
             print(f"  {name:<12} loop {result['loop_s']:7.2f}s  steps {result['step_s']:7.2f}s  "
@@ -133,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-iters", type=int, default=400)
+    ap.add_argument("--profile", choices=["default", "paper"], default="default",
+                    help="paper: mixing_quality.py --profile paper's model, eval set and Aioli recipe "
+                         "(U = N // 20; --interval and --eval-samples are then ignored)")
     ap.add_argument("--interval", type=int, default=200, help="--mixing-update-interval (Aioli round U)")
     ap.add_argument("--eval-samples", type=int, default=64, help="--eval-samples-per-domain (the flag's default)")
     ap.add_argument("--num-docs", type=int, default=400, help="fixture documents per domain")

@@ -1,24 +1,35 @@
 """The paper's protocol at CPU scale: per-domain test perplexity of mixing methods vs stratified.
 
 Six settings like Aioli's Table 1 — three 2-domain, two 3-domain and all 7 domains of the
-built-in corpus — each trained with every method at the same number of steps over several
-seeds. Every run is a 2-process ``pretrain_gpt_mix.py`` job; finished runs are skipped, so
-an interrupted benchmark resumes where it stopped.
+built-in corpus — or your own (``--setting NAME=d1,d2,...``, repeatable), each trained with
+every method at the same number of steps over several seeds. Every run is a 2-process
+``pretrain_gpt_mix.py`` job; finished runs are skipped, so an interrupted benchmark resumes
+where it stopped, and the table is rewritten after every setting (cells say how many of the
+planned seeds have run).
 
 Profiles:
-  quick   stratified and Aioli (the committed docs/results.md table)
+  quick   stratified and Aioli at 160 steps (the first docs/results.md table)
   full    also grid search, DML, Skill-It, DoReMi, DoGE (their extra runs are counted and
           reported) and the restricted setting: each baseline's mixture learned on
           half-length runs, then used as Aioli's prior over the full run ("<method>+aioli")
+  paper   the released scripts' ratios (benchmarks/paper_profile.py): T = 20 rounds of N/20
+          steps, per-K f, eta, EMA, reset update, probes from step 0 inside a 10 % warm-up,
+          cosine to 0.2x; the document split fixed across seeds (--split-seed); 64 validation
+          and 512 test samples per domain. Rows: stratified and Aioli (--seeds), and on
+          --aux-seeds seeds the headroom rows (static tilts p0.45 / p0.55 and the grid's best
+          point, 2-domain settings) and the restricted rows (grid-half: the grid's mixture
+          learned on half-length runs used static; grid+aioli: the same as Aioli's prior;
+          2- and 3-domain settings)
 
-Output: <out>/results.md (the table) and <out>/results.json (every run).
+Each cell: mean paired difference to stratified (same seed), its standard deviation, the 95 %
+t interval and n. Output: <out>/results.md (the table) and <out>/results.json (every run).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -26,8 +37,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.quality_runs import QualitySpec, run_setting  # noqa: E402
-from benchmarks.quality_table import markdown_table, summarize  # noqa: E402
+from benchmarks.paper_profile import aioli_recipe, parse_settings  # noqa: E402
+from benchmarks.quality_runs import QualitySpec, paper_spec, run_setting  # noqa: E402
+from benchmarks.quality_table import headroom_notes, markdown_table, summarize  # noqa: E402
+from megamix.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 SETTINGS = {
     "code+legal": ["code", "legal"],
@@ -41,23 +54,38 @@ PROFILES = {
     "quick": ["stratified", "aioli"],
     "full": ["stratified", "aioli", "grid", "dml", "skillit", "doremi", "doge",
              "grid+aioli", "dml+aioli", "skillit+aioli", "doremi+aioli", "doge+aioli"],
+    "paper": ["stratified", "aioli", "p0.45", "p0.55", "grid", "grid-half", "grid+aioli"],
 }
+MAIN_METHODS = ("stratified", "aioli")
+"""Rows run on --seeds seeds; in the paper profile every other row runs on --aux-seeds seeds."""
+PAPER_MAX_K = {"grid": 2, "grid-half": 3, "grid+aioli": 3, "dml-half": 3, "dml+aioli": 3}
+"""Paper profile: the headroom rows run on 2-domain settings, the restricted rows on 2- and 3-domain ones."""
 
 
-def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--methods", default=None, help="comma list overriding the profile's methods")
-    p.add_argument("--settings", default=None, help=f"comma list of settings (default all: {', '.join(SETTINGS)})")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--setting", action="append", default=None, metavar="NAME=D1,D2,...",
+                   help=f"a setting (repeatable): NAME=domain,domain,... or a built-in NAME; "
+                        f"default all built-in: {', '.join(SETTINGS)}")
+    p.add_argument("--settings", default=None, help="comma list of built-in settings (same as one --setting each)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds of stratified and Aioli (default 3; paper 5)")
+    p.add_argument("--aux-seeds", type=int, default=3,
+                   help="paper profile: seeds of the headroom and restricted rows (at most --seeds)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the document split, fixed across --seeds "
+                        "(default: paper 1; quick/full: each seed's own)")
     p.add_argument("--corpus", default=None,
                    help="directory of tokenized domains <name>_text_document.{bin,idx} plus tokenizer.model; "
                         "default: build the built-in corpus with examples/prepare_data.sh into data/corpus")
-    p.add_argument("--out", default="runs/mixing_quality")
-    p.add_argument("--train-iters", type=int, default=QualitySpec.train_iters)
+    p.add_argument("--out", default=None, help="default runs/mixing_quality (quick, full), runs/mixing_quality_paper")
+    p.add_argument("--train-iters", type=int, default=None, help="steps N of every final run (default 160; paper 1000)")
     p.add_argument("--nproc", type=int, default=2)
-    return p.parse_args()
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the table of the runs finished so far (cells say what is missing)")
+    return p.parse_args(argv)
 
 
 def _corpus(args: argparse.Namespace) -> str:
@@ -75,31 +103,81 @@ def _check_settings(settings: dict[str, list[str]], corpus: str) -> None:
                                  f"({d}_text_document.idx not found)")
 
 
-def main() -> int:
+def chosen_settings(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The settings of --setting / --settings (default: the six built-in ones)."""
+    values = list(args.setting or []) + (args.settings.split(",") if args.settings else [])
+    try:
+        return parse_settings(values, SETTINGS)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
+def build_spec(args: argparse.Namespace, corpus: str) -> QualitySpec:
+    """The profile's recipe with the command line's length, output and split seed."""
+    if args.profile == "paper":
+        try:
+            return paper_spec(corpus, args.out, args.train_iters or 1000, args.nproc,
+                              1 if args.split_seed is None else args.split_seed)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    return QualitySpec(corpus=corpus, out=args.out, train_iters=args.train_iters or QualitySpec.train_iters,
+                       nproc=args.nproc, split_seed=args.split_seed)
+
+
+def plan(profile: str, methods: list[str], k: int, seeds: int, aux_seeds: int) -> list[tuple[str, int]]:
+    """(method, number of seeds) for one setting of K domains; 0 seeds where a row does not apply."""
+    out = []
+    for m in methods:
+        n = seeds if (profile != "paper" or m in MAIN_METHODS) else min(aux_seeds, seeds)
+        if profile == "paper" and (k > PAPER_MAX_K.get(m, k) or (m.startswith("p0") and k != 2)):
+            n = 0
+        out.append((m, n))
+    return out
+
+
+def _write(out: str, spec: QualitySpec, ks: list[int], summary: dict, settings: dict, methods: list[str],
+           planned: dict, records: list[dict], wall: float) -> str:
+    table = markdown_table(summary, list(settings), methods, planned)
+    notes = headroom_notes(summary, list(settings))
+    done = sum(1 for r in records if r.get("wall_s") is not None)
+    train_s = sum(r["wall_s"] for r in records if r.get("wall_s") is not None)
+    text = (f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`\n\n{spec.describe(ks)}\n\n"
+            "Settings: " + "; ".join(f"{n} = {', '.join(d)}" for n, d in settings.items()) + "\n\n"
+            f"{table}\n" + ("\nHeadroom (static tilts vs stratified):\n" + "\n".join(notes) + "\n" if notes else "")
+            + f"\nFinal runs: {len(records)} ({done} timed, {train_s:.0f} s of their training); "
+              f"this invocation {wall:.0f} s.\n")
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, "results.md"), text)
+    atomic_write_json(os.path.join(out, "results.json"),
+                      {"spec": spec.to_dict(), "settings": settings, "planned": planned, "runs": records,
+                       "summary": summary, "wall_s_this_invocation": wall}, indent=1)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run (or resume) every run of the chosen profile, then write the table and JSON."""
-    args = _parse()
+    args = _parse(argv)
     methods = args.methods.split(",") if args.methods else PROFILES[args.profile]
-    chosen = args.settings.split(",") if args.settings else list(SETTINGS)
-    unknown = [s for s in chosen if s not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"--settings: unknown {unknown}; known: {list(SETTINGS)}")
-    settings = {s: SETTINGS[s] for s in chosen}
+    seeds = args.seeds or (5 if args.profile == "paper" else 3)
+    args.out = args.out or ("runs/mixing_quality_paper" if args.profile == "paper" else "runs/mixing_quality")
+    settings = chosen_settings(args)
     corpus = _corpus(args)
     _check_settings(settings, corpus)
-    spec = QualitySpec(corpus=corpus, out=args.out, train_iters=args.train_iters, nproc=args.nproc)
-    print(spec.describe(), flush=True)
-    t0 = time.time()
-    records = []
+    spec = build_spec(args, corpus)
+    spec.report_only = args.report_only
+    ks = sorted({len(d) for d in settings.values()})
+    if spec.profile == "paper":
+        try:
+            [aioli_recipe(k, spec.round_length) for k in ks]
+        except ValueError as e:
+            raise SystemExit(f"--train-iters {spec.train_iters}: {e}") from None
+    print(spec.describe(ks), flush=True)
+    planned = {n: dict(plan(args.profile, methods, len(d), seeds, args.aux_seeds)) for n, d in settings.items()}
+    t0, records = time.time(), []
     for name, domains in settings.items():
-        records += run_setting(spec, name, domains, methods, args.seeds)
-    summary = summarize(records, list(settings), methods)
-    os.makedirs(args.out, exist_ok=True)
-    table = markdown_table(summary, list(settings), methods)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(spec.describe() + "\n\n" + table + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"spec": spec.to_dict(), "runs": records, "summary": summary,
-                   "wall_s_this_invocation": time.time() - t0}, f, indent=1)
+        records += run_setting(spec, name, domains, [(m, s) for m, s in planned[name].items() if s])
+        table = _write(args.out, spec, ks, summarize(records, list(settings), methods), settings, methods,
+                       planned, records, time.time() - t0)
     print(table)
     print(f"wrote {args.out}/results.md and results.json ({time.time() - t0:.0f} s this invocation)")
     return 0

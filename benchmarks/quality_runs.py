@@ -9,6 +9,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from benchmarks.paper_profile import ROUNDS, aioli_recipe
+from megamix.fileio import atomic_write_json, read_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,16 +38,35 @@ class QualitySpec:
     lp_rounds: int = 1
     lp_steps: int = 4
     aioli_warmup: int = 50
+    profile: str = "quick"
+    split_seed: int | None = None
+    eval_micro_batch: int | None = None
+    warmup_fraction: float | None = None
+    report_only: bool = False  # tabulate finished runs; train nothing (--report-only)
 
-    def describe(self) -> str:
+    def warmup_iters(self, iters: int) -> int:
+        """LR warm-up steps of a run of ``iters`` steps (a fraction of it in the paper profile)."""
+        return int(self.warmup_fraction * iters) if self.warmup_fraction is not None else self.warmup
+
+    def describe(self, ks: list[int] | None = None) -> str:
         """One paragraph stating the model and recipe (printed and written with the table)."""
-        return (f"Model: GPT {self.num_layers} layers, hidden {self.hidden_size}, {self.heads} heads, "
-                f"seq {self.seq_length}, SentencePiece tokenizer of the corpus; {self.train_iters} steps of "
-                f"{self.global_batch} samples ({self.global_batch * self.seq_length} tokens/step), AdamW lr {self.lr} "
-                f"cosine to {self.min_lr}, warmup {self.warmup}; {self.nproc} CPU processes (gloo, fp32). Eval: "
-                f"{self.eval_samples} validation samples per domain; test: {self.test_samples} test samples per "
-                f"domain. Aioli: round U={self.round_length}, k={self.lp_rounds}, s={self.lp_steps}, f=0.75, eta=1, "
-                f"first round after {self.aioli_warmup} warm-up steps on the start mixture (--aioli-prior-steps).")
+        split = ("the document split re-drawn by every seed" if self.split_seed is None
+                 else f"the document split fixed across seeds (--split-seed {self.split_seed})")
+        warm = (f"warmup {self.warmup_fraction:.0%} of the steps" if self.warmup_fraction is not None
+                else f"warmup {self.warmup}")
+        text = (f"Corpus: {os.path.abspath(self.corpus)}. Model: GPT {self.num_layers} layers, hidden "
+                f"{self.hidden_size}, {self.heads} heads, seq {self.seq_length}, SentencePiece tokenizer of the "
+                "corpus; "
+                f"{self.train_iters} steps of {self.global_batch} samples ({self.global_batch * self.seq_length} "
+                f"tokens/step), AdamW lr {self.lr} cosine to {self.min_lr}, {warm}; {self.nproc} CPU processes "
+                f"(gloo, fp32). Eval: {self.eval_samples} validation samples per domain; test: {self.test_samples} "
+                f"test samples per domain; {split}.")
+        if self.profile != "paper":
+            return text + (f" Aioli: round U={self.round_length}, k={self.lp_rounds}, s={self.lp_steps}, f=0.75, "
+                           f"eta=1, first round after {self.aioli_warmup} warm-up steps on the start mixture "
+                           "(--aioli-prior-steps).")
+        recipes = [aioli_recipe(k, self.round_length).describe() for k in sorted(set(ks or [2, 3]))]
+        return text + " Aioli (paper profile):\n" + "\n".join(f"- {r}" for r in recipes)
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -53,26 +75,60 @@ class QualitySpec:
     def base_flags(self, domains: list[str], seed: int, iters: int) -> list[str]:
         """pretrain_gpt_mix.py flags common to every run."""
         prefixes = [os.path.join(self.corpus, f"{d}_text_document") for d in domains]
-        return ["--data-path", *prefixes, "--num-layers", str(self.num_layers),
-                "--hidden-size", str(self.hidden_size), "--num-attention-heads", str(self.heads),
-                "--seq-length", str(self.seq_length), "--micro-batch-size", str(self.micro_batch),
-                "--global-batch-size", str(self.global_batch), "--train-iters", str(iters), "--lr", str(self.lr),
-                "--min-lr", str(self.min_lr), "--lr-warmup-iters", str(self.warmup), "--seed", str(seed),
-                "--tokenizer-type", "SentencePieceTokenizer",
-                "--tokenizer-model", os.path.join(self.corpus, "tokenizer.model"),
-                "--eval-samples-per-domain", str(self.eval_samples),
-                "--test-samples-per-domain", str(self.test_samples), "--split", "98,1,1",
-                "--log-interval", "10", "--mixing-update-interval", str(self.round_length),
-                "--data-cache-path", os.path.join(self.out, "cache")]
+        flags = ["--data-path", *prefixes, "--num-layers", str(self.num_layers),
+                 "--hidden-size", str(self.hidden_size), "--num-attention-heads", str(self.heads),
+                 "--seq-length", str(self.seq_length), "--micro-batch-size", str(self.micro_batch),
+                 "--global-batch-size", str(self.global_batch), "--train-iters", str(iters), "--lr", str(self.lr),
+                 "--min-lr", str(self.min_lr), "--lr-warmup-iters", str(self.warmup_iters(iters)),
+                 "--seed", str(seed), "--tokenizer-type", "SentencePieceTokenizer",
+                 "--tokenizer-model", os.path.join(self.corpus, "tokenizer.model"),
+                 "--eval-samples-per-domain", str(self.eval_samples),
+                 "--test-samples-per-domain", str(self.test_samples), "--split", "98,1,1",
+                 "--log-interval", "10", "--mixing-update-interval", str(self.round_length),
+                 "--data-cache-path", os.path.join(self.out, "cache")]
+        if self.split_seed is not None:
+            flags += ["--split-seed", str(self.split_seed)]
+        if self.eval_micro_batch is not None:
+            flags += ["--eval-micro-batch-size", str(self.eval_micro_batch)]
+        return flags
 
-    def aioli_flags(self) -> list[str]:
-        """Aioli's hyperparameters at this scale."""
+    def aioli_flags(self, k_domains: int = 2) -> list[str]:
+        """Aioli's hyperparameters at this scale (per K in the paper profile)."""
+        if self.profile == "paper":
+            return aioli_recipe(k_domains, self.round_length).flags()
         return ["--mixing-method", "aioli", "--aioli-lp-rounds", str(self.lp_rounds),
                 "--aioli-lp-steps", str(self.lp_steps), "--aioli-prior-steps", str(self.aioli_warmup)]
 
 
+def paper_spec(corpus: str, out: str, train_iters: int = 1000, nproc: int = 2, split_seed: int = 1) -> QualitySpec:
+    """The ``--profile paper`` recipe: T = 20 rounds of N // 20 steps, 10 % warm-up, cosine to 0.2x the peak."""
+    if train_iters < 2 * ROUNDS:
+        raise ValueError(f"--train-iters {train_iters}: the paper profile needs >= {2 * ROUNDS} steps "
+                         f"({ROUNDS} rounds of >= 2 steps)")
+    return QualitySpec(corpus=corpus, out=out, train_iters=train_iters, nproc=nproc, num_layers=2, hidden_size=128,
+                       heads=4, seq_length=128, micro_batch=8, global_batch=16, lr=2e-3, min_lr=4e-4,
+                       eval_samples=64, test_samples=512, round_length=train_iters // ROUNDS, lp_rounds=0,
+                       lp_steps=0, aioli_warmup=0, profile="paper", split_seed=split_seed, eval_micro_batch=64,
+                       warmup_fraction=0.1)
+
+
+class NotRun(Exception):
+    """A run that has not finished, met under --report-only."""
+
+
 def _done(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "test_results.json"))
+
+
+def _check_same_domains(run_dir: str, domains: list[str]) -> None:
+    """A run directory left by a setting of the same name but other domains is an error, not a result."""
+    path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            had = json.load(f).get("domains")
+        if had is not None and list(had) != list(domains):
+            raise SystemExit(f"{run_dir} was trained on domains {had}, this setting has {domains}; "
+                             "give the setting another name or another --out")
 
 
 def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags: list[str],
@@ -80,6 +136,9 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
     """Train one run (resuming it if interrupted, skipping it if finished); return its record."""
     iters = iters or spec.train_iters
     t0 = time.time()
+    _check_same_domains(run_dir, domains)
+    if not _done(run_dir) and spec.report_only:
+        raise NotRun(run_dir)
     if not _done(run_dir):
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc}",
@@ -90,11 +149,14 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
             proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             raise RuntimeError(f"run failed (rc {proc.returncode}); see {run_dir}/train.log")
+        atomic_write_json(os.path.join(run_dir, "wall.json"), {"wall_s": time.time() - t0})
     with open(os.path.join(run_dir, "test_results.json")) as f:
         res = json.load(f)
+    wall_file = os.path.join(run_dir, "wall.json")
+    wall = read_json(wall_file, wall_file)["wall_s"] if os.path.isfile(wall_file) else None
     print(f"  {label or run_dir}: avg test ppl {res['avg_test_ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return {"run_dir": run_dir, "steps": iters, "test_ppl": res["test_ppl"], "avg_test_ppl": res["avg_test_ppl"],
-            "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"]}
+            "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"], "wall_s": wall}
 
 
 def _fit(kind: str, runs: list[str], out: str) -> str:
@@ -180,36 +242,87 @@ def skill_graph(spec: QualitySpec, root: str, domains: list[str], seed: int, ite
     return _fit("skillit-graph", runs, os.path.join(root, "skillit.graph.json")), iters * len(runs)
 
 
-def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], seed: int) -> dict:
-    """One method's final run on one setting and seed, with the extra steps its learning cost."""
+def _static(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, weights_file: str, label: str) -> dict:
+    return train(spec, run_dir, domains, seed, ["--mixing-method", "static", "--mixture-weights", weights_file],
+                 label=label)
+
+
+def _tilt(method: str, k: int) -> list[float]:
+    """Weights of a static tilt ``p<x>``: x on the first domain, the rest shared equally."""
+    x = float(method[1:])
+    if not 0.0 < x < 1.0:
+        raise ValueError(f"method {method!r}: the tilt must be in (0, 1)")
+    return [x] + [(1.0 - x) / (k - 1)] * (k - 1)
+
+
+def _reuse_sweep_run(weights_file: str, sweep_root: str) -> str | None:
+    """The sweep run trained on exactly the chosen mixture (grid search picks one), or None."""
+    with open(weights_file) as f:
+        chosen = json.load(f)["weights"]
+    for name in sorted(os.listdir(sweep_root)):
+        if name.endswith(".weights.json"):
+            with open(os.path.join(sweep_root, name)) as f:
+                if all(abs(a - b) < 1e-9 for a, b in zip(json.load(f)["weights"], chosen)):
+                    return os.path.join(sweep_root, name[:-len(".weights.json")])
+    return None
+
+
+def _learned(spec: QualitySpec, method: str, root: str, domains: list[str], seed: int) -> tuple[dict, int]:
+    """A baseline's learned mixture used static over the full run: 'X' learned at N, 'X-half' at N // 2."""
     n = spec.train_iters
+    base, half = (method[:-5], True) if method.endswith("-half") else (method, False)
+    learn_root = os.path.join(os.path.dirname(os.path.dirname(root)), "_learn", f"seed{seed}",
+                              "half" if half else "full")
+    weights, extra = learn_mixture(spec, base, learn_root, domains, seed, n // 2 if half else n)
+    if base == "grid" and not half:  # the chosen mixture was one of the sweep's full-length runs
+        run = _reuse_sweep_run(weights, os.path.join(learn_root, "sweep"))
+        if run is not None:
+            return train(spec, run, domains, seed, [], label=f"{method} seed {seed} (its sweep run)"), extra - n
+    return _static(spec, os.path.join(root, "final"), domains, seed, weights, f"{method} seed {seed}"), extra
+
+
+def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], seed: int) -> dict:
+    """One method's final run on one setting and seed, with the extra steps its learning cost.
+
+    Methods: stratified, aioli, skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
+    X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior).
+    Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
+    """
+    n, k = spec.train_iters, len(domains)
+    final = os.path.join(root, "final")
     if method == "stratified":
-        rec, extra = train(spec, os.path.join(root, "final"), domains, seed, ["--mixing-method", "stratified"],
+        rec, extra = train(spec, final, domains, seed, ["--mixing-method", "stratified"],
                            label=f"stratified seed {seed}"), 0
     elif method == "aioli":
-        rec, extra = train(spec, os.path.join(root, "final"), domains, seed, spec.aioli_flags(),
-                           label=f"aioli seed {seed}"), 0
+        rec, extra = train(spec, final, domains, seed, spec.aioli_flags(k), label=f"aioli seed {seed}"), 0
+    elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
+        wf = _weights_file(os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
+        rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0
     elif method == "skillit":
         graph, extra = skill_graph(spec, root, domains, seed, n)
-        rec = train(spec, os.path.join(root, "final"), domains, seed,
-                    ["--mixing-method", "skillit", "--skillit-graph", graph], label=f"skillit seed {seed}")
+        rec = train(spec, final, domains, seed, ["--mixing-method", "skillit", "--skillit-graph", graph],
+                    label=f"skillit seed {seed}")
     elif method.endswith("+aioli"):
-        prior, extra = learn_mixture(spec, method.split("+")[0], os.path.join(root, "half"), domains, seed, n // 2)
-        rec = train(spec, os.path.join(root, "final"), domains, seed, [*spec.aioli_flags(), "--aioli-prior", prior],
+        learn_root = os.path.join(os.path.dirname(os.path.dirname(root)), "_learn", f"seed{seed}", "half")
+        prior, extra = learn_mixture(spec, method.split("+")[0], learn_root, domains, seed, n // 2)
+        rec = train(spec, final, domains, seed, [*spec.aioli_flags(k), "--aioli-prior", prior],
                     label=f"{method} seed {seed}")
     else:
-        weights, extra = learn_mixture(spec, method, os.path.join(root, "learn"), domains, seed, n)
-        rec = train(spec, os.path.join(root, "final"), domains, seed,
-                    ["--mixing-method", "static", "--mixture-weights", weights], label=f"{method} seed {seed}")
+        rec, extra = _learned(spec, method, root, domains, seed)
     return {**rec, "method": method, "seed": seed, "extra_steps": extra}
 
 
-def run_setting(spec: QualitySpec, name: str, domains: list[str], methods: list[str], seeds: int) -> list[dict]:
-    """Every method x seed on one setting; returns one record per final run."""
+def run_setting(spec: QualitySpec, name: str, domains: list[str], plan: list[tuple[str, int]]) -> list[dict]:
+    """Every (method, seeds) of ``plan`` on one setting, seed by seed; one record per final run."""
     print(f"== {name}: {', '.join(domains)}", flush=True)
     records = []
-    for seed in range(1, seeds + 1):
-        for method in methods:
-            root = os.path.join(spec.out, name, method, f"seed{seed}")
-            records.append({"setting": name, **run_method(spec, method, root, domains, seed)})
+    for seed in range(1, max([s for _, s in plan], default=0) + 1):
+        for method, seeds in plan:
+            if seed <= seeds:
+                root = os.path.join(spec.out, name, method, f"seed{seed}")
+                try:
+                    records.append({"setting": name, "domains": list(domains),
+                                    **run_method(spec, method, root, domains, seed)})
+                except NotRun as e:
+                    print(f"  {method} seed {seed}: not run yet ({e})", flush=True)
     return records

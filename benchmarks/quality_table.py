@@ -1,12 +1,39 @@
-"""Summaries and the paper-style markdown table of benchmarks/mixing_quality.py."""
+"""Summaries and the paper-style markdown table of benchmarks/mixing_quality.py.
+
+Every method is compared with stratified sampling on the same seed (a paired difference of
+average test perplexity; negative is better). A cell gives the mean difference, its
+standard deviation over seeds, the 95 % interval of the mean (t distribution, n − 1
+degrees of freedom) and n. "Better than stratified" counts the settings whose interval lies
+wholly below 0, and, separately, those whose mean is below 0 (the plain sign count).
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import stats
+
+HEADROOM_TILTS = ("p0.45", "p0.55")
+"""Static tilts Aioli can reach on 2 domains in the paper profile (reset, η = 0.2: p ∈ [0.45, 0.55])."""
+
+
+def paired_stats(diffs: list[float], level: float = 0.95) -> dict:
+    """Mean, sample standard deviation and the t interval of the mean of paired differences."""
+    d = np.asarray(diffs, dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "lo": None, "hi": None}
+    mean = float(d.mean())
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "lo": None, "hi": None}
+    std = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
 
 
 def summarize(records: list[dict], settings: list[str], methods: list[str]) -> dict:
-    """Per setting and method: mean/std of average test perplexity and of its paired difference to stratified."""
+    """Per setting and method: average test perplexity (mean, std) and the paired-difference statistics."""
     out: dict = {}
     for s in settings:
         base = {r["seed"]: r["avg_test_ppl"] for r in records if r["setting"] == s and r["method"] == "stratified"}
@@ -14,35 +41,81 @@ def summarize(records: list[dict], settings: list[str], methods: list[str]) -> d
         for m in methods:
             runs = [r for r in records if r["setting"] == s and r["method"] == m]
             ppl = np.array([r["avg_test_ppl"] for r in runs])
-            diffs = np.array([r["avg_test_ppl"] - base[r["seed"]] for r in runs if r["seed"] in base])
+            diff = paired_stats([r["avg_test_ppl"] - base[r["seed"]] for r in runs if r["seed"] in base])
             out[s][m] = {
                 "seeds": len(runs),
                 "avg_test_ppl_mean": float(ppl.mean()) if len(ppl) else None,
-                "avg_test_ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
-                "diff_mean": float(diffs.mean()) if len(diffs) else None,
-                "diff_std": float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
+                "avg_test_ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else None,
+                "diff": diff,
+                "diff_mean": diff["mean"],
+                "diff_std": diff["std"],
                 "extra_steps": int(np.mean([r["extra_steps"] for r in runs])) if runs else 0,
             }
     return out
 
 
-def markdown_table(summary: dict, settings: list[str], methods: list[str]) -> str:
-    """Stratified as absolute average test perplexity (± std over seeds); every other method as the
-    mean paired difference to stratified (± std; negative is better), and how many settings it won."""
-    head = "| method | " + " | ".join(settings) + " | better than stratified | extra steps (mean) |"
-    lines = [head, "|" + "---|" * (len(settings) + 3)]
+def _cell(e: dict, method: str, planned: int) -> str:
+    if planned == 0:
+        return "n/a"
+    if e["seeds"] == 0:
+        return f"not run (0/{planned})"
+    of = f"n={e['seeds']}" + (f"/{planned}" if e["seeds"] < planned else "")
+    if method == "stratified":
+        std = "" if e["avg_test_ppl_std"] is None else f" ± {e['avg_test_ppl_std']:.2f}"
+        return f"{e['avg_test_ppl_mean']:.2f}{std} ({of})"
+    d = e["diff"]
+    if d["n"] == 0:
+        return f"no stratified pair ({of})"
+    if d["std"] is None:
+        return f"{d['mean']:+.2f} ({of})"
+    return f"{d['mean']:+.2f} ± {d['std']:.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] ({of})"
+
+
+def markdown_table(summary: dict, settings: list[str], methods: list[str],
+                   planned: dict | None = None) -> str:
+    """Stratified as absolute average test perplexity; every other method as its paired difference.
+
+    ``planned[setting][method]`` is the number of seeds meant to run (0: not applicable there);
+    cells with fewer finished seeds say so, so a partial table is honest about what has run.
+    """
+    head = ("| method | " + " | ".join(settings)
+            + " | better than stratified (95 % interval < 0) | mean < 0 | extra steps (mean) |")
+    lines = [head, "|" + "---|" * (len(settings) + 4)]
     for m in methods:
-        cells, wins, extra = [], 0, []
+        cells, below, sign, ran, extra = [], 0, 0, 0, []
         for s in settings:
             e = summary[s][m]
-            extra.append(e["extra_steps"])
-            if e["seeds"] == 0:
-                cells.append("—")
-            elif m == "stratified":
-                cells.append(f"{e['avg_test_ppl_mean']:.2f} ± {e['avg_test_ppl_std']:.2f}")
-            else:
-                cells.append(f"{e['diff_mean']:+.2f} ± {e['diff_std']:.2f}")
-                wins += e["diff_mean"] < 0
-        won = "—" if m == "stratified" else f"{wins}/{len(settings)}"
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {won} | {int(np.mean(extra))} |")
+            want = (planned or {}).get(s, {}).get(m, e["seeds"] or 1)
+            cells.append(_cell(e, m, want))
+            if e["seeds"]:
+                extra.append(e["extra_steps"])
+            d = e["diff"]
+            if m != "stratified" and d["n"]:
+                ran += 1
+                below += d["hi"] is not None and d["hi"] < 0
+                sign += d["mean"] < 0
+        won = ("—", "—") if m == "stratified" else (f"{below}/{ran}", f"{sign}/{ran}")
+        mean_extra = int(np.mean(extra)) if extra else 0
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {won[0]} | {won[1]} | {mean_extra} |")
     return "\n".join(lines)
+
+
+def headroom_notes(summary: dict, settings: list[str]) -> list[str]:
+    """Per setting with headroom rows: does any static tilt Aioli can reach beat stratified?"""
+    notes = []
+    for s in settings:
+        tilts = {m: summary[s][m]["diff"] for m in HEADROOM_TILTS if m in summary[s] and summary[s][m]["diff"]["n"]}
+        if not tilts:
+            continue
+        best = min(tilts, key=lambda m: tilts[m]["mean"])
+        d = tilts[best]
+        if any(t["hi"] is not None and t["hi"] < 0 for t in tilts.values()):
+            verdict = "a reachable tilt beats stratified (interval below 0): there is headroom for Aioli"
+        elif d["mean"] < 0:
+            verdict = "a reachable tilt is better on average but within noise: headroom unresolved"
+        else:
+            verdict = "no reachable tilt beats stratified, so Aioli (p within [0.45, 0.55] here) cannot either"
+        grid = summary[s].get("grid", {}).get("diff", {"n": 0})
+        gtxt = f"; the grid's best point: {grid['mean']:+.2f}" if grid["n"] else ""
+        notes.append(f"- {s}: best reachable tilt {best} {d['mean']:+.2f} (n={d['n']}){gtxt} — {verdict}.")
+    return notes

@@ -124,7 +124,7 @@ def test_resume_at_every_phase_boundary_is_identical(source):
     cfg = AioliConfig(loss_source=source, ema=0.2)
     m1, r1, rec1 = run(cfg, total=730, noise=1e-4)
     m2, r2, rec2 = run(cfg, total=730, noise=1e-4, roundtrip=True)
-    assert r1 == r2 and rec1 == rec2 and len(r1) == 4
+    assert r1 == r2 and rec1 == rec2 and len(r1) == 3  # 730 = 3 whole rounds of 200 + 130 in the last
     np.testing.assert_allclose(m1.learned_weights(), m2.learned_weights())
     assert sum(x["steps"] for x in rec1) == 730
 
@@ -194,3 +194,20 @@ def test_seed_changes_probe_order_only():
     _, b, _ = run(seed=5)
     assert [r["probe_order"] for r in a] != [r["probe_order"] for r in b]
     np.testing.assert_allclose(a[0]["A"], b[0]["A"], atol=1e-9)
+
+
+@pytest.mark.parametrize("total,prior_steps,rounds,last_train", [
+    (1000, 0, 10, 85),        # N = T·U: ten whole rounds, nothing left over
+    (1030, 0, 10, 85 + 30),   # the remainder goes to the last round's training part
+    (1099, 0, 10, 85 + 99),   # even a remainder of U − 1 starts no eleventh round
+    (1000, 30, 9, 85 + 70),   # after a prior stage the rounds are counted from its end
+])
+def test_whole_rounds_only(total, prior_steps, rounds, last_train):
+    cfg = AioliConfig(lp_rounds=1, lp_steps=5, prior_steps=prior_steps)
+    _, events, record = run(cfg, total=total, interval=100)
+    assert sum(x["steps"] for x in record) == total
+    probes = [x for x in record if x["kind"] == "probe"]
+    trains = [x for x in record if x["kind"] == "train"]
+    assert len(events) == rounds and len(probes) == 3 * rounds and all(x["steps"] == 5 for x in probes)
+    assert len(trains) == rounds and [x["steps"] for x in trains] == [85] * (rounds - 1) + [last_train]
+    assert record[-1]["kind"] == "train" and record[-1]["step"] == total

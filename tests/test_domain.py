@@ -123,6 +123,29 @@ def test_same_seed_same_stream_different_seed_different(tmp_path):
     assert not np.array_equal(a, c)
 
 
+def test_split_seed_fixes_the_documents_and_seed_still_orders_them(tmp_path):
+    prefix = write_domain(tmp_path, "a")
+    ks = np.arange(0, 40)
+    split = {seed: {sp: _ds(prefix, tmp_path, split=sp, seed=seed).documents for sp in ("train", "test")}
+             for seed in (1, 2)}
+    assert not np.array_equal(split[1]["test"], split[2]["test"])  # without --split-seed the seed re-draws it
+    fixed = {seed: DomainDataset(prefix, "a", 0, "test", 16, SPLIT, seed, str(tmp_path / "cache"), split_seed=7)
+             for seed in (1, 2, 3)}
+    for ds in fixed.values():
+        np.testing.assert_array_equal(ds.documents, fixed[1].documents)  # same test documents for every seed
+    assert not np.array_equal(fixed[1].get_batch(ks)["tokens"], fixed[2].get_batch(ks)["tokens"])
+    same = DomainDataset(prefix, "a", 0, "test", 16, SPLIT, 7, str(tmp_path / "cache"), split_seed=7)
+    np.testing.assert_array_equal(same.documents, _ds(prefix, tmp_path, split="test", seed=7).documents)
+    # the cache name changes only when the split seed differs from the seed (old caches stay valid)
+    assert same.cache_hash(0) == _ds(prefix, tmp_path, split="test", seed=7).cache_hash(0)
+    assert fixed[1].cache_hash(0) != _ds(prefix, tmp_path, split="test", seed=1).cache_hash(0)
+    cfg = DataConfig(data_path=[prefix], split=SPLIT, seq_length=16, seed=2, split_seed=7,
+                     data_cache_path=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(build_domain_datasets(cfg, "test")[0].documents, fixed[1].documents)
+    with pytest.raises(ValueError, match="--split-seed"):
+        DataConfig(data_path=[prefix], split_seed=-1)
+
+
 def test_too_small_domain_and_zero_split(tmp_path):
     prefix = write_domain(tmp_path, "tiny", num_docs=4, mean_len=3)
     with pytest.raises(ValueError, match=r"domain 'tiny' .*tiny_text_document.*tokens.*needs .*1025") as err:

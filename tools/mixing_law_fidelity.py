@@ -68,7 +68,8 @@ class RunView:
         d = cfg["data"]
         self.data_cfg = DataConfig(
             data_path=[DomainSpec(**s) for s in d["data_path"]], split=tuple(d["split"]),
-            seq_length=d["seq_length"], seed=d["seed"], data_cache_path=d["data_cache_path"],
+            seq_length=d["seq_length"], seed=d["seed"], split_seed=d.get("split_seed"),
+            data_cache_path=d["data_cache_path"],
             eval_samples_per_domain=d["eval_samples_per_domain"] if eval_samples is None else eval_samples)
         self.opt_cfg = OptimizerConfig(**cfg["optimizer"])
         self.training = cfg["training"]

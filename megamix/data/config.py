@@ -133,7 +133,9 @@ class DataConfig:
     seq_length: int = 1024
     """Tokens per training sample (--seq-length); windows read seq_length + 1 tokens."""
     seed: int = 1234
-    """Seed of every document split, epoch order and sample shuffle (--seed)."""
+    """Seed of the epoch order and sample shuffle, and of the document split unless split_seed is set (--seed)."""
+    split_seed: int | None = None
+    """Seed of the train/valid/test document split alone; None means --seed (--split-seed)."""
     data_cache_path: str | None = None
     """Directory for cached index files (--data-cache-path); default ``<dir of first prefix>/cache``."""
     eval_samples_per_domain: int = 64
@@ -158,6 +160,8 @@ class DataConfig:
             raise ValueError(f"--seq-length must be an integer >= 1, got {self.seq_length!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        if self.split_seed is not None and (not isinstance(self.split_seed, int) or self.split_seed < 0):
+            raise ValueError(f"--split-seed must be an integer >= 0, got {self.split_seed!r}")
         if not isinstance(self.eval_samples_per_domain, int) or self.eval_samples_per_domain < 0:
             raise ValueError(f"--eval-samples-per-domain must be an integer >= 0, got {self.eval_samples_per_domain!r}")
         if not isinstance(self.dataloader_prefetch, int) or self.dataloader_prefetch < 0:

@@ -74,13 +74,15 @@ class DomainDataset:
     """Endless stream of ``seq_length``-token samples of one domain's split; ``ds[k]`` for every k >= 0."""
 
     def __init__(self, prefix: str, name: str, domain_id: int, split: str, seq_length: int,
-                 split_weights: tuple[float, float, float], seed: int, cache_dir: str) -> None:
+                 split_weights: tuple[float, float, float], seed: int, cache_dir: str,
+                 split_seed: int | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not isinstance(seq_length, (int, np.integer)) or seq_length < 1:
             raise ValueError(f"--seq-length must be >= 1, got {seq_length!r}")
         self.prefix, self.name, self.domain_id = str(prefix), str(name), int(domain_id)
         self.split, self.seq_length, self.seed = split, int(seq_length), int(seed)
+        self.split_seed = self.seed if split_seed is None else int(split_seed)
         self.split_weights = tuple(float(w) for w in split_weights)
         self.cache_dir = str(cache_dir)
         self._open()
@@ -95,7 +97,7 @@ class DomainDataset:
         self._starts = self._indexed.sequence_pointers // self._indexed.dtype.itemsize
         self._tokens = np.memmap(bin_path(self.prefix), dtype=self._indexed.dtype, mode="r").view(np.ndarray) \
             if self._indexed.num_tokens else np.zeros(0, dtype=self._indexed.dtype)
-        idx = split_documents(len(self._sizes), self.split_weights, self.seed, self.name)
+        idx = split_documents(len(self._sizes), self.split_weights, self.split_seed, self.name)
         self.documents = idx[self.split]
         self.num_tokens = int(self._sizes[self.documents].sum(dtype=np.int64))
         self.samples_per_epoch = max(0, (self.num_tokens - 1) // self.seq_length)
@@ -121,8 +123,8 @@ class DomainDataset:
 
     # ------------------------------------------------------------------ cache
     def cache_key(self, epoch: int) -> dict[str, Any]:
-        """Every input that changes epoch ``epoch``'s index arrays."""
-        return {
+        """Every input that changes epoch ``epoch``'s index arrays (``split_seed`` only when it is not ``seed``)."""
+        key = {
             "format_version": CACHE_FORMAT_VERSION,
             "prefix": os.path.abspath(self.prefix),
             "idx": _file_fingerprint(idx_path(self.prefix)),
@@ -135,6 +137,9 @@ class DomainDataset:
             "epoch": int(epoch),
             "add_extra_token": True,
         }
+        if self.split_seed != self.seed:
+            key["split_seed"] = self.split_seed
+        return key
 
     def cache_hash(self, epoch: int) -> str:
         """16 hex digits of sha256 over ``cache_key(epoch)``; names the cache files."""
@@ -310,5 +315,5 @@ def build_domain_datasets(cfg: DataConfig, split: str) -> list[DomainDataset]:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if cfg.split[SPLITS.index(split)] <= 0:
         return []
-    return [DomainDataset(spec.prefix, spec.name, i, split, cfg.seq_length, cfg.split, cfg.seed, cfg.cache_dir)
-            for i, spec in enumerate(cfg.data_path)]
+    return [DomainDataset(spec.prefix, spec.name, i, split, cfg.seq_length, cfg.split, cfg.seed, cfg.cache_dir,
+                          split_seed=cfg.split_seed) for i, spec in enumerate(cfg.data_path)]

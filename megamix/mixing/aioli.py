@@ -2,7 +2,10 @@
 
 A round of U steps (MIXING.md): LearnParams (k sweeps of K probes of s steps at the
 probe mixtures q_j, each column B[:, j] += L_before − L_after), solve A = B (Qᵀ)⁻¹,
-normalise, smooth, p ∝ p ⊙ exp(η Σ_i E[i, ·]), then train U − k·K·s steps at p.
+normalise, smooth, p ∝ p ⊙ exp(η Σ_i E[i, ·]), then train U − k·K·s steps at p. Rounds are
+whole: when fewer than U steps would remain after a round's training part, that part takes
+them all, so the last round trains U − k·K·s + (N mod U) steps and no round starts that
+could not finish its probes and train after them.
 
 The mixer is a small state machine whose whole state is JSON (``state_dict``): the loop
 may checkpoint after any ``next_phase`` and resume straight into ``observe``. The probe
@@ -79,8 +82,16 @@ class AioliMixer(Mixer):
                 return early
         if self.stage == "probe":
             return self._probe_phase()
-        return Phase(self.p, self.interval - self.probe_total, evaluate=True, kind="train",
-                     info={"round": self.round})
+        return self._train_phase(remaining)
+
+    def _train_phase(self, remaining: int) -> Phase:
+        """The training part of a round; it absorbs the run's tail when no whole round would fit after it."""
+        steps = self.interval - self.probe_total
+        info = {"round": self.round}
+        if remaining - steps < self.interval and remaining > steps:
+            info["absorbed"] = remaining - steps
+            steps = remaining
+        return Phase(self.p, steps, evaluate=True, kind="train", info=info)
 
     def _round_preamble(self, step: int, remaining: int) -> Phase | None:
         """The phase needed before probing (tail or eval), or None after starting the probes."""

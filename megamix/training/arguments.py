@@ -52,6 +52,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-path", nargs="+", required=True,
                    help="PREFIX ... or W1 PREFIX1 W2 PREFIX2 ...; a prefix may be NAME=PREFIX")
     g.add_argument("--split", default="98,1,1")
+    g.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the train/valid/test document split alone (default --seed)")
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--eval-samples-per-domain", type=int, default=64)
     g.add_argument("--dataloader-prefetch", type=int, default=2,
@@ -70,6 +72,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, required=True)
+    g.add_argument("--eval-micro-batch-size", type=int, default=None,
+                   help="samples per rank per no-grad evaluation pass (default --micro-batch-size)")
     g.add_argument("--global-batch-size", type=int, required=True)
     g.add_argument("--train-iters", type=int, required=True)
     g.add_argument("--seed", type=int, default=1234)
@@ -169,7 +173,7 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
     specs = parse_data_path(args.data_path)
     weights = [s.weight for s in specs] if specs[0].weight is not None else None
     data = DataConfig(data_path=specs, split=parse_split(args.split), seq_length=args.seq_length,
-                      seed=args.seed, data_cache_path=args.data_cache_path,
+                      seed=args.seed, split_seed=args.split_seed, data_cache_path=args.data_cache_path,
                       eval_samples_per_domain=args.eval_samples_per_domain,
                       dataloader_prefetch=args.dataloader_prefetch)
     optimizer = OptimizerConfig(
@@ -180,6 +184,7 @@ def config_from_args(args: argparse.Namespace, tokenizer: TokenizerConfig) -> Ru
     training = TrainingConfig(
         micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
         train_iters=args.train_iters, seed=args.seed, zero_stage=args.zero_stage,
+        eval_micro_batch_size=args.eval_micro_batch_size,
         precision=_precision(args), deepspeed_config=args.deepspeed_config, tf32=args.tf32,
         compile=args.compile, save=args.save,
         load=args.load, save_interval=args.save_interval, eval_interval=args.eval_interval,

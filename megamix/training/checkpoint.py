@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = {
     # activation recompute trades memory for time and compilation changes no number
     "model.recompute_granularity", "model.recompute_method", "model.recompute_num_layers",
     "training.compile", "training.tf32", "logging.peak_tflops", "data.dataloader_prefetch",
+    "training.eval_micro_batch_size",  # evaluation gives the same losses at any batch size
     "training.max_domain_epochs",  # its error says "raise --max-domain-epochs" and resume
 }
 

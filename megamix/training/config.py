@@ -69,6 +69,8 @@ class TrainingConfig:
     """Samples per rank per forward pass (--micro-batch-size)."""
     global_batch_size: int = 32
     """Samples per optimizer step over all ranks (--global-batch-size)."""
+    eval_micro_batch_size: int | None = None
+    """Samples per rank per no-grad evaluation pass; None means micro_batch_size (--eval-micro-batch-size)."""
     train_iters: int = 100
     """Optimizer steps of the run, probes included (--train-iters)."""
     seed: int = 1234
@@ -111,6 +113,8 @@ class TrainingConfig:
                         ("--train-iters", self.train_iters)):
             if v < 1:
                 raise ValueError(f"{flag} must be >= 1, got {v}")
+        if self.eval_micro_batch_size is not None and self.eval_micro_batch_size < 1:
+            raise ValueError(f"--eval-micro-batch-size must be >= 1, got {self.eval_micro_batch_size}")
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(f"--global-batch-size {self.global_batch_size} is not a multiple of "
                              f"--micro-batch-size {self.micro_batch_size}")
@@ -132,6 +136,11 @@ class TrainingConfig:
             raise ValueError(f"--load-hf {self.load_hf}: not a Hugging Face model directory (no config.json)")
         if self.max_domain_epochs is not None and not self.max_domain_epochs > 0:
             raise ValueError(f"--max-domain-epochs must be > 0, got {self.max_domain_epochs}")
+
+    @property
+    def eval_batch(self) -> int:
+        """Samples per rank per evaluation pass (--eval-micro-batch-size, else --micro-batch-size)."""
+        return self.eval_micro_batch_size or self.micro_batch_size
 
     def gradient_accumulation_steps(self, dp_size: int) -> int:
         """global / (micro x data-parallel size); raises when it does not divide."""

@@ -85,7 +85,7 @@ class Run:
         if cfg.mixing.method == "doremi":
             reference = load_reference_model(cfg.mixing.doremi.reference, cfg.model, dist_info.device)
         valid = build_domain_datasets(cfg.data, "valid")
-        self.evaluator = Evaluator(valid, cfg.data.eval_samples_per_domain, tr.micro_batch_size, dist_info.rank,
+        self.evaluator = Evaluator(valid, cfg.data.eval_samples_per_domain, tr.eval_batch, dist_info.rank,
                                    dist_info.world_size, dist_info.device)
         scorer = None
         if cfg.mixing.method == "doge":
@@ -217,7 +217,7 @@ class Run:
         if not tr.skip_test:
             test_sets = build_domain_datasets(self.cfg.data, "test")
             n = tr.test_samples_per_domain or 4096
-            evaluator = Evaluator(test_sets, n, tr.micro_batch_size, self.dist.rank, self.dist.world_size,
+            evaluator = Evaluator(test_sets, n, tr.eval_batch, self.dist.rank, self.dist.world_size,
                                   self.dist.device)
             test_report(evaluator.evaluate(self.engine), self.domains, self.state.iteration, self.metrics,
                         tr.save if self.dist.is_main else None)

@@ -1,0 +1,171 @@
+"""benchmarks/mixing_quality.py's paper profile: probe scaling, settings, plan and the table statistics."""
+
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from benchmarks import mixing_quality as mq  # noqa: E402
+from benchmarks.paper_profile import aioli_recipe, choose_probes, parse_setting, parse_settings  # noqa: E402
+from benchmarks.quality_runs import paper_spec  # noqa: E402
+from benchmarks.quality_table import headroom_notes, markdown_table, paired_stats, summarize  # noqa: E402
+
+
+# ---------------------------------------------------------------- recipe
+@pytest.mark.parametrize("k,u,share,expect", [
+    (2, 250, 0.128, (4, 4)),   # the released K=2 script itself: 4·2·4/250
+    (3, 250, 0.288, (4, 6)),   # the released K=3 script itself: 4·3·6/250
+    (2, 50, 0.128, (1, 3)),    # 6/50 = 12 %; the tie (3 sweeps of 1 step) goes to the longer probe
+    (3, 50, 0.288, (1, 5)),    # 15/50 = 30 % is nearest to 28.8 %
+    (2, 10, 0.128, (1, 1)),    # the shortest runs: one probe step each
+])
+def test_choose_probes_matches_the_papers_probe_share(k, u, share, expect):
+    assert choose_probes(k, u, share, max_steps=4 if k == 2 else 6) == expect
+
+
+def test_choose_probes_leaves_a_training_step_or_fails():
+    assert choose_probes(7, 8, 0.5) == (1, 1)  # 7 probe steps < U = 8
+    with pytest.raises(ValueError, match="too short"):
+        choose_probes(7, 7, 0.5)
+
+
+def test_paper_recipe_flags_and_share():
+    r = aioli_recipe(2, 50)
+    assert (r.one_hot_factor, r.eta, r.ema, r.update, r.prior_steps) == (0.625, 0.2, 0.1, "reset", 0)
+    assert r.probe_share == pytest.approx(0.12)
+    flags = r.flags()
+    assert flags[flags.index("--aioli-one-hot-factor") + 1] == "0.625"
+    assert flags[flags.index("--aioli-ema") + 1] == "0.1"
+    r3 = aioli_recipe(3, 50)
+    assert (r3.one_hot_factor, r3.eta, r3.ema) == (0.5, 0.1, 0.5) and r3.probe_share == pytest.approx(0.3)
+    r7 = aioli_recipe(7, 50)
+    assert "not the paper's" in r7.describe() and "--aioli-ema" not in r7.flags()
+
+
+def test_paper_spec_is_twenty_rounds_with_a_ten_percent_warmup():
+    spec = paper_spec("data/corpus", "runs/x", 1000, split_seed=3)
+    assert spec.round_length == 50 and spec.warmup_iters(1000) == 100 and spec.warmup_iters(500) == 50
+    assert spec.min_lr == pytest.approx(0.2 * spec.lr)
+    flags = spec.base_flags(["code", "legal"], seed=4, iters=1000)
+    assert flags[flags.index("--split-seed") + 1] == "3" and flags[flags.index("--seed") + 1] == "4"
+    assert flags[flags.index("--eval-micro-batch-size") + 1] == "64"
+    assert paper_spec("c", "o", 200).round_length == 10
+    with pytest.raises(ValueError, match="--train-iters"):
+        paper_spec("c", "o", 30)
+
+
+# ---------------------------------------------------------------- settings
+def test_parse_setting():
+    builtin = {"code+legal": ["code", "legal"]}
+    assert parse_setting("a=code, legal", builtin) == ("a", ["code", "legal"])
+    assert parse_setting("code+legal", builtin) == ("code+legal", ["code", "legal"])
+    for bad, match in [("a=code", "at least 2"), ("=code,legal", "name"), ("a/b=code,legal", "name"),
+                       ("a=code,code", "twice"), ("nosuch", "NAME=DOMAIN1")]:
+        with pytest.raises(ValueError, match=match):
+            parse_setting(bad, builtin)
+    assert parse_settings(None, builtin) == builtin
+    with pytest.raises(ValueError, match="given twice"):
+        parse_settings(["a=x,y", "a=y,z"], builtin)
+    args = mq._parse(["--setting", "a=code,legal", "--setting", "b=x,y,z"])
+    assert mq.chosen_settings(args) == {"a": ["code", "legal"], "b": ["x", "y", "z"]}
+    with pytest.raises(SystemExit):
+        mq.chosen_settings(mq._parse(["--setting", "a=code"]))
+
+
+def test_paper_plan_runs_headroom_on_two_domains_and_aux_seeds():
+    methods = mq.PROFILES["paper"]
+    two = dict(mq.plan("paper", methods, 2, 5, 3))
+    assert two == {"stratified": 5, "aioli": 5, "p0.45": 3, "p0.55": 3, "grid": 3, "grid-half": 3, "grid+aioli": 3}
+    three = dict(mq.plan("paper", methods, 3, 5, 3))
+    assert three["p0.45"] == three["grid"] == 0 and three["grid+aioli"] == 3
+    seven = dict(mq.plan("paper", methods, 7, 5, 3))
+    assert [m for m, n in seven.items() if n] == ["stratified", "aioli"]
+    assert dict(mq.plan("quick", ["stratified", "aioli"], 7, 3, 1)) == {"stratified": 3, "aioli": 3}
+
+
+# ---------------------------------------------------------------- statistics
+def test_paired_stats_t_interval():
+    d = [-0.19, 0.20, 0.33, 0.26, 0.03]  # the issue's pilot: Aioli − stratified on seeds 1–5
+    s = paired_stats(d)
+    half = 2.776445105 * np.std(d, ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert s["n"] == 5 and s["mean"] == pytest.approx(0.126) and s["std"] == pytest.approx(np.std(d, ddof=1))
+    assert (s["lo"], s["hi"]) == (pytest.approx(0.126 - half), pytest.approx(0.126 + half))
+    assert s["lo"] < 0 < s["hi"]
+    one = paired_stats([0.5])
+    assert one["mean"] == 0.5 and one["lo"] is None and paired_stats([])["n"] == 0
+
+
+def _records(setting, method, ppls):
+    return [{"setting": setting, "method": method, "seed": i + 1, "avg_test_ppl": p, "extra_steps": 0}
+            for i, p in enumerate(ppls)]
+
+
+def test_table_counts_intervals_below_zero_and_signs_and_marks_partial_cells():
+    recs = (_records("s1", "stratified", [10, 11, 12]) + _records("s1", "aioli", [9.0, 10.1, 10.9])
+            + _records("s2", "stratified", [10, 11, 12]) + _records("s2", "aioli", [9.5, 11.6, 11.8])
+            + _records("s3", "stratified", [10, 11]) + _records("s3", "p0.45", [9.0, 10.0, 11.0]))
+    settings, methods = ["s1", "s2", "s3"], ["stratified", "aioli", "p0.45"]
+    summary = summarize(recs, settings, methods)
+    planned = {s: {"stratified": 3, "aioli": 3, "p0.45": 3 if s == "s3" else 0} for s in settings}
+    table = markdown_table(summary, settings, methods, planned)
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines()[2:]}
+    assert "| 1/2 | 2/2 |" in rows["aioli"]  # s1 all below (interval < 0); s2 mean < 0 only
+    assert "not run (0/3)" in rows["aioli"] and "n/a" in rows["p0.45"]
+    assert "(n=2/3)" in rows["stratified"] and "-1.00 ± 0.00" in rows["p0.45"]
+    notes = headroom_notes(summary, settings)
+    assert len(notes) == 1 and notes[0].startswith("- s3: best reachable tilt p0.45 -1.00 (n=2)")
+
+
+# ---------------------------------------------------------------- runs (training mocked)
+def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_run(tmp_path, monkeypatch):
+    from benchmarks import quality_runs as qr
+
+    trained, fits = [], []
+
+    def fake_train(spec, run_dir, domains, seed, flags, iters=None, label=""):
+        trained.append((os.path.relpath(run_dir, tmp_path), iters or spec.train_iters, flags))
+        return {"run_dir": run_dir, "avg_test_ppl": 1.0}
+
+    def fake_fit(kind, runs, out):
+        fits.append(out)
+        qr._weights_file(out, ["a", "b"], [0.3, 0.7])  # the sweep's mix02 mixture
+        return out
+
+    monkeypatch.setattr(qr, "train", fake_train)
+    monkeypatch.setattr(qr, "_fit", fake_fit)
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    root = lambda m: str(tmp_path / "s" / m / "seed1")  # noqa: E731
+    half = qr.run_method(spec, "grid-half", root("grid-half"), ["a", "b"], 1)
+    prior = qr.run_method(spec, "grid+aioli", root("grid+aioli"), ["a", "b"], 1)
+    sweeps = [t for t in trained if "/sweep/" in t[0]]
+    assert len({t[0] for t in sweeps}) == 9 and all(t[1] == 500 for t in sweeps)  # one half-length sweep, shared
+    assert half["extra_steps"] == prior["extra_steps"] == 9 * 500
+    final_prior = trained[-1]
+    assert final_prior[0] == "s/grid+aioli/seed1/final" and "--aioli-prior" in final_prior[2]
+    assert final_prior[2][final_prior[2].index("--aioli-one-hot-factor") + 1] == "0.625"
+    trained.clear()
+    full = qr.run_method(spec, "grid", root("grid"), ["a", "b"], 1)
+    assert full["run_dir"].endswith(os.path.join("_learn", "seed1", "full", "sweep", "mix02"))
+    assert full["extra_steps"] == 8 * 1000 and not any(t[0].startswith("s/grid/") for t in trained)
+    tilt = qr.run_method(spec, "p0.45", root("p0.45"), ["a", "b"], 1)
+    assert tilt["method"] == "p0.45" and qr._tilt("p0.45", 2) == [0.45, pytest.approx(0.55)]
+
+
+def test_report_only_trains_nothing_and_skips_unfinished_runs(tmp_path, capsys):
+    from benchmarks import quality_runs as qr
+
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    spec.report_only = True
+    done = tmp_path / "s" / "stratified" / "seed1" / "final"
+    done.mkdir(parents=True)
+    (done / "test_results.json").write_text('{"test_ppl": {"a": 2.0, "b": 4.0}, "avg_test_ppl": 3.0, '
+                                            '"worst_domain": "b", "worst_test_ppl": 4.0}')
+    recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 2), ("aioli", 2)])
+    assert [(r["method"], r["seed"], r["avg_test_ppl"]) for r in recs] == [("stratified", 1, 3.0)]
+    assert "aioli seed 1: not run yet" in capsys.readouterr().out
+    assert not (tmp_path / "s" / "aioli" / "seed1" / "final").exists()
