@@ -13,6 +13,11 @@ TIMING_KEYS = ("tokens_per_s", "step_time_s", "tflops_per_device", "mfu", "max_m
 """Fields of a 'train' event that measure speed, not training: they differ between identical runs."""
 
 
+def strip_timing(evs: list[dict]) -> list[dict]:
+    """The events without their speed fields, for comparing two runs that should be identical."""
+    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in evs]
+
+
 def make_data(out_dir: str, num_docs: int = 150, mean_len: int = 200) -> list[str]:
     """Write the synthetic fixture domains; return their prefixes."""
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_fixture_data.py"), "--out", out_dir,

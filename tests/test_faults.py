@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from launch import REPO, job_env, events, launch, make_data, read_metrics, tiny_args, torchrun_cmd
+from launch import REPO, job_env, events, launch, make_data, read_metrics, tiny_args, torchrun_cmd, strip_timing
 from megamix.training.config import OptimizerConfig
 from megamix.training.engine import lr_at
 
@@ -62,10 +62,6 @@ def _failing(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def _strip(evs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in ("tokens_per_s", "step_time_s")} for e in evs]
-
-
 def _model(run_dir: str, iteration: int) -> dict:
     path = os.path.join(run_dir, f"iter_{iteration:07d}", "mp_rank_00_model_states.pt")
     return torch.load(path, map_location="cpu", weights_only=False)["module"]  # our own file: trusted
@@ -75,7 +71,7 @@ def assert_same_run(run_dir: str, ref_dir: str, iteration: int = ITERS) -> None:
     """Per-step losses and mixture weights, all metrics, and the final model weights equal the reference."""
     steps = lambda d: [(e["step"], e["loss"], e["weights"]) for e in events(d, "train")]  # noqa: E731
     assert steps(run_dir) == steps(ref_dir)
-    assert _strip(read_metrics(run_dir)) == _strip(read_metrics(ref_dir))
+    assert strip_timing(read_metrics(run_dir)) == strip_timing(read_metrics(ref_dir))
     got, want = _model(run_dir, iteration), _model(ref_dir, iteration)
     assert got.keys() == want.keys()
     for name in want:
@@ -169,7 +165,7 @@ def test_extending_a_finished_run(data, reference, tmp_path):
         extended.stdout
     train = events(run, "train")
     assert [e["step"] for e in train] == list(range(1, 21))
-    assert _strip(train[:16]) == _strip(events(reference, "train"))
+    assert strip_timing(train[:16]) == strip_timing(events(reference, "train"))
     opt = OptimizerConfig(lr=3e-3, min_lr=3e-4, lr_warmup_iters=2)
     for e in train[16:]:  # the rate after step s is the new schedule's rate of step s
         assert e["lr"] == pytest.approx(lr_at(e["step"], opt, 20))

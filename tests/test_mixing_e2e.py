@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import REPO, TIMING_KEYS, events, launch, launch_and_crash, make_data, read_metrics, tiny_args
+from launch import REPO, events, launch, launch_and_crash, make_data, read_metrics, tiny_args, strip_timing
 
 AIOLI = {"--mixing-method": "aioli", "--aioli-lp-rounds": 1, "--aioli-lp-steps": 2, "--skip-test": True}
 
@@ -213,10 +213,6 @@ def test_doge_zero_stages(data, tmp_path, stage):
 
 
 # ----------------------------------------------------------------- resume, prior
-def _strip(evs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in evs]
-
-
 @pytest.mark.slow
 def test_aioli_resume_mid_probe_is_exact(data, tmp_path):
     prefixes, cache = data
@@ -227,9 +223,9 @@ def test_aioli_resume_mid_probe_is_exact(data, tmp_path):
     launch_and_crash(args, crash_after_step=10)  # last checkpoint at 9: inside probe 2 of round 0
     assert f"resumed from {run}/iter_0000009 at iteration 9" in launch(args).stdout
     assert [e["step"] for e in events(run, "train")] == list(range(1, 25))
-    assert _strip(events(run, "aioli_round")) == _strip(events(ref, "aioli_round"))
+    assert strip_timing(events(run, "aioli_round")) == strip_timing(events(ref, "aioli_round"))
     assert [e["loss"] for e in events(run, "train")] == [e["loss"] for e in events(ref, "train")]
-    assert _strip(read_metrics(run)) == _strip(read_metrics(ref))
+    assert strip_timing(read_metrics(run)) == strip_timing(read_metrics(ref))
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from launch import REPO, TIMING_KEYS, job_env, events, launch, make_data, read_metrics, tiny_args
+from launch import REPO, job_env, events, launch, make_data, read_metrics, tiny_args, strip_timing
 
 MIX = {"--mixing-method": "aioli", "--aioli-lp-rounds": 1, "--aioli-lp-steps": 1, "--mixing-update-interval": 8,
        "--save-interval": 4, "--skip-test": True, "--eval-samples-per-domain": 4}
@@ -54,10 +54,6 @@ def _jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def _strip(evs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in evs]
-
-
 @pytest.mark.slow
 def test_two_nodes_write_once_agree_and_resume_exactly(tmp_path):
     data = tmp_path / "data"
@@ -76,7 +72,7 @@ def test_two_nodes_write_once_agree_and_resume_exactly(tmp_path):
     assert " iteration " in resumed[0].stdout and " iteration " not in resumed[1].stdout  # only global rank 0 logs
 
     # exactly the one-node run: every loss, mixture, evaluation and Aioli round
-    assert _strip(read_metrics(run_dir)) == _strip(read_metrics(ref_dir))
+    assert strip_timing(read_metrics(run_dir)) == strip_timing(read_metrics(ref_dir))
     assert len(events(run_dir, "aioli_round")) == 2
 
     # only global rank 0 wrote megamix's files: metrics, checkpoint state, latest, schedule, the data cache
