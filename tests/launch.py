@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("code", "prose", "math")
@@ -75,6 +76,26 @@ def launch_and_crash(args: list[str], crash_after_step: int, nproc: int = 2, tim
     if proc.returncode == 0 or marker not in proc.stderr:
         raise AssertionError(f"expected a crash after step {crash_after_step}, got rc {proc.returncode}:\n"
                              f"{proc.stderr[-4000:]}")
+
+
+def example_job(run_dir: str, port: int, iters: int = 40, interval: int = 20) -> tuple[list[str], dict]:
+    """The command and environment of examples/pretrain_gpt_mix.sh training a tiny Aioli run into ``run_dir``."""
+    env = dict(os.environ, RUN_DIR=run_dir, MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
+               TRAIN_ARGS=f"--micro-batch-size 4 --global-batch-size 16 --train-iters {iters} --lr 3e-3 "
+                          f"--mixing-update-interval {interval} --aioli-lp-steps 2 --aioli-lp-rounds 1 "
+                          "--eval-samples-per-domain 8 --save-interval 5 --log-interval 1 --skip-test")
+    return ["bash", os.path.join(REPO, "examples", "pretrain_gpt_mix.sh")], env
+
+
+def start_until_step(cmd: list[str], env: dict, run_dir: str, step: int, timeout: float = 600) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group; return once ``run_dir`` logged training step ``step``."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not any(e["event"] == "train" and e["step"] >= step for e in read_metrics(run_dir)):
+        assert proc.poll() is None and time.time() < deadline, f"the run ended or stalled before step {step}"
+        time.sleep(0.05)
+    return proc
 
 
 def read_metrics(run_dir: str) -> list[dict]:

@@ -17,7 +17,8 @@ import time
 import pytest
 import torch
 
-from launch import REPO, job_env, events, launch, make_data, read_metrics, tiny_args, torchrun_cmd, strip_timing
+from launch import (REPO, events, example_job, job_env, launch, make_data, read_metrics, start_until_step,
+                    strip_timing, tiny_args, torchrun_cmd)
 from megamix.training.config import OptimizerConfig
 from megamix.training.engine import lr_at
 
@@ -174,14 +175,6 @@ def test_extending_a_finished_run(data, reference, tmp_path):
     assert phase["kind"] == "train" and phase["steps"] == 4 and "fewer than a round's probes" in phase["info"]["reason"]
 
 
-def _example(run_dir: str, port: int) -> tuple[list[str], dict]:
-    env = dict(os.environ, RUN_DIR=run_dir, MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
-               TRAIN_ARGS="--micro-batch-size 4 --global-batch-size 16 --train-iters 30 --lr 3e-3 "
-                          "--mixing-update-interval 15 --aioli-lp-steps 2 --aioli-lp-rounds 1 "
-                          "--eval-samples-per-domain 8 --save-interval 5 --log-interval 1 --skip-test")
-    return ["bash", os.path.join(REPO, "examples", "pretrain_gpt_mix.sh")], env
-
-
 def _wait_group_gone(pgid: int, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -197,15 +190,10 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
 def test_example_script_sigterm_saves_where_it_stopped(tmp_path):
     """kill -TERM of the deepspeed launch script's process group (as Slurm does) saves at the step it stopped."""
     ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
-    cmd, env = _example(ref, 29621)
+    cmd, env = example_job(ref, 29621, iters=30, interval=15)
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    cmd, env = _example(run, 29622)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while not any(e["event"] == "train" and e["step"] >= 12 for e in read_metrics(run)):
-        assert proc.poll() is None and time.time() < deadline, "the example run ended or stalled before step 12"
-        time.sleep(0.05)
+    cmd, env = example_job(run, 29622, iters=30, interval=15)
+    proc = start_until_step(cmd, env, run, 12)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait()
     _wait_group_gone(proc.pid, 60)

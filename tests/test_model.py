@@ -14,13 +14,7 @@ from megamix.model.rope import RotaryEmbedding, rotary_tables
 V, S = 97, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes run fastest single-threaded, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> GPTConfig:

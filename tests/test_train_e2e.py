@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from launch import REPO, events, launch, launch_and_crash, make_data, read_metrics, tiny_args, strip_timing
+from launch import (REPO, events, example_job, launch, launch_and_crash, make_data, read_metrics, start_until_step,
+                    strip_timing, tiny_args)
 
 
 @pytest.fixture(scope="module")
@@ -119,30 +120,16 @@ def test_unknown_flag_fails(data, tmp_path):
     assert proc.returncode == 2 and "--no-such-flag" in proc.stderr
 
 
-def _example(run_dir: str, port: int, iters: int = 40) -> tuple[list[str], dict]:
-    env = dict(os.environ, RUN_DIR=run_dir, MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
-               TRAIN_ARGS=f"--micro-batch-size 4 --global-batch-size 16 --train-iters {iters} --lr 3e-3 "
-                          "--mixing-update-interval 20 --aioli-lp-steps 2 --aioli-lp-rounds 1 "
-                          "--eval-samples-per-domain 8 --save-interval 5 --log-interval 1 --skip-test")
-    return ["bash", os.path.join(REPO, "examples", "pretrain_gpt_mix.sh")], env
-
-
 @pytest.mark.slow
 def test_example_script_under_deepspeed_resumes_after_kill(tmp_path):
     """The launch script (deepspeed launcher, 2 CPU ranks, Aioli) killed mid-run and re-run matches a clean run."""
     import signal
-    import time
 
     ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-    cmd, env = _example(ref, 29611)
+    cmd, env = example_job(ref, 29611)
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    cmd, env = _example(killed, 29612)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while not any(e["event"] == "train" and e["step"] >= 23 for e in read_metrics(killed)):
-        assert proc.poll() is None and time.time() < deadline, "the example run ended or stalled before step 23"
-        time.sleep(0.05)
+    cmd, env = example_job(killed, 29612)
+    proc = start_until_step(cmd, env, killed, 23)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
@@ -187,7 +174,7 @@ def test_slurm_script_launches_torchrun_per_node(tmp_path):
     for f in ("scontrol", "srun"):
         os.chmod(bin_dir / f, 0o755)
     run = str(tmp_path / "slurm")
-    _, env = _example(run, 29613, iters=6)
+    _, env = example_job(run, 29613, iters=6)
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", SLURM_JOB_NODELIST="node-a", SLURM_NNODES="1",
                SLURM_SUBMIT_DIR=REPO, NUM_GPUS="2")
     proc = subprocess.run(["bash", os.path.join(REPO, "examples", "pretrain_gpt_mix.slurm")], env=env,
