@@ -158,7 +158,7 @@ def test_loop_collectives_use_the_group_device(tmp_path, recording, method, pref
     loop = _loop(tmp_path, method, prefetch)
     torch.set_default_device("meta")  # the "wrong" device, as the CPU is under NCCL
     try:
-        state = loop.run(LoopState())
+        state = loop.train(LoopState())
     finally:
         torch.set_default_device(None)
         loop.runner.close()

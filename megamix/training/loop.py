@@ -209,7 +209,7 @@ class PhaseLoop:
         self._interval = [0, 0.0]
 
     # ------------------------------------------------------------------- run
-    def run(self, state: LoopState) -> LoopState:
+    def train(self, state: LoopState) -> LoopState:
         """Train until ``train_iters`` (or an exit request); return the final state."""
         state.phase_stats = _stats(state.phase_stats, self.device)  # a restored state holds dicts
         state.log_stats = _stats(state.log_stats, self.device)

@@ -192,7 +192,7 @@ class Run:
                          self.metrics, self.cfg.training.train_iters, self.cfg.logging.log_interval,
                          self.cfg.training.eval_interval, self._hooks(), self._repetition())
         try:
-            self.state = loop.run(self.state)
+            self.state = loop.train(self.state)
         finally:
             self.runner.close()
             self.exit_handler.restore()
