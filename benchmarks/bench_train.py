@@ -67,7 +67,7 @@ def _interleaved(cfg, dist_info) -> tuple[list[float], list[float], float]:
     tr = cfg.training
     ours: list[float] = []
     theirs: list[float] = []
-    inner = run.runner.run
+    inner = run.runner.step
 
     def timed(step, *args, **kw):
         t0 = time.perf_counter()
@@ -81,7 +81,7 @@ def _interleaved(cfg, dist_info) -> tuple[list[float], list[float], float]:
         theirs.append(time.perf_counter() - t0)
         return out
 
-    run.runner.run = timed
+    run.runner.step = timed
     t0 = time.perf_counter()
     run.train()
     return ours, theirs, time.perf_counter() - t0 - sum(theirs)

@@ -11,9 +11,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from sim_env import LinearLawEnv, drive  # noqa: E402
 
 from megamix.mixing import law  # noqa: E402
-from megamix.mixing.aioli import AioliMixer  # noqa: E402
+from megamix.mixing.aioli import AioliConfig, AioliMixer  # noqa: E402
 from megamix.mixing.base import MixerContext  # noqa: E402
-from megamix.mixing.config import AioliConfig  # noqa: E402
 from megamix.mixing.weights_file import write_weights_file  # noqa: E402
 
 DOMAINS = ("code", "law", "math")

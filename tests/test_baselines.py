@@ -12,11 +12,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from sim_env import LinearLawEnv, drive  # noqa: E402
 
 from megamix.mixing.base import MixerContext, Observation, Phase  # noqa: E402
-from megamix.mixing.config import DoGEConfig, DoReMiConfig, MixingConfig, SkillItConfig  # noqa: E402
-from megamix.mixing.doge import DoGEMixer  # noqa: E402
-from megamix.mixing.doremi import DoReMiMixer  # noqa: E402
+from megamix.mixing.config import MixingConfig  # noqa: E402
+from megamix.mixing.doge import DoGEConfig, DoGEMixer  # noqa: E402
+from megamix.mixing.doremi import DoReMiConfig, DoReMiMixer  # noqa: E402
 from megamix.mixing.registry import build_mixer  # noqa: E402
-from megamix.mixing.skillit import SkillItMixer, read_skill_graph  # noqa: E402
+from megamix.mixing.skillit import SkillItConfig, SkillItMixer, read_skill_graph  # noqa: E402
 from megamix.mixing.weights_file import write_weights_file  # noqa: E402
 from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args  # noqa: E402
 
@@ -108,8 +108,8 @@ def _signals():
 
 @pytest.mark.parametrize("method", ["skillit", "doremi", "doge"])
 def test_stays_on_simplex_and_resumes_identically(method, graph_file):
-    cfg = MixingConfig(method=method, update_interval=7, skillit=SkillItConfig(graph=graph_file),
-                       doremi=DoReMiConfig(reference="ref"))
+    options = {"skillit": SkillItConfig(graph=graph_file), "doremi": DoReMiConfig(reference="ref")}
+    cfg = MixingConfig(method=method, update_interval=7, options=options.get(method))
     a = np.array([[1.0, 0.2], [0.1, 0.5]])
     runs = []
     for roundtrip in (False, True):
@@ -131,8 +131,9 @@ def test_registry_builds_every_method(graph_file, tmp_path):
     weights = str(tmp_path / "w.json")
     write_weights_file(weights, DOMAINS, [0.25, 0.75])
     for method in ("stratified", "natural", "static", "aioli", "skillit", "doremi", "doge"):
+        options = {"skillit": SkillItConfig(graph=graph_file), "doremi": DoReMiConfig(reference="r")}
         cfg = MixingConfig(method=method, update_interval=100, mixture_weights=(1.0, 3.0),
-                           skillit=SkillItConfig(graph=graph_file), doremi=DoReMiConfig(reference="r"))
+                           options=options.get(method))
         mixer = build_mixer(cfg, CTX)
         assert isinstance(mixer.next_phase(0, 100), Phase)
     with pytest.raises(ValueError, match="--skillit-graph"):
@@ -149,14 +150,15 @@ def parse(argv, data_path_weights=None, domains=DOMAINS):
 def test_mixing_args(tmp_path):
     cfg = parse(["--mixing-method", "aioli", "--aioli-eta", "0.5", "--no-aioli-normalize-a", "--aioli-ema", "0.1",
                  "--aioli-update", "reset", "--mixing-update-interval", "300"])
-    assert (cfg.aioli.eta, cfg.aioli.normalize_a, cfg.aioli.ema, cfg.aioli.update) == (0.5, False, 0.1, "reset")
-    assert cfg.update_interval == 300 and cfg.aioli.lp_rounds == 2
+    o = cfg.options
+    assert (o.eta, o.normalize_a, o.ema, o.update) == (0.5, False, 0.1, "reset")
+    assert cfg.update_interval == 300 and o.lp_rounds == 2
     assert parse([]).method == "stratified"
     assert parse([], [0.3, 0.7]).method == "static"
     path = str(tmp_path / "w.json")
     write_weights_file(path, ["b", "a"], [0.75, 0.25])
     assert parse(["--mixture-weights", path]).mixture_weights == (0.25, 0.75)
-    assert parse(["--mixing-method", "doge", "--doge-mu", "0.05"]).doge.mu == 0.05
+    assert parse(["--mixing-method", "doge", "--doge-mu", "0.05"]).options.mu == 0.05
     late = parse(["--mixture-weights", path], domains=None)  # read by name when the mixer is built
     assert late.method == "static" and late.mixture_weights is None
     np.testing.assert_allclose(build_mixer(late, CTX).next_phase(0, 10).weights, [0.25, 0.75])

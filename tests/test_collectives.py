@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,14 +25,18 @@ from megamix.data.blend import BlendedDataset
 from megamix.data.domain import DomainDataset
 from megamix.data.schedule import MixtureSchedule
 from megamix.mixing.base import MixerContext
-from megamix.mixing.config import AioliConfig, DoReMiConfig, MixingConfig
+from megamix.mixing.aioli import AioliConfig
+from megamix.mixing.config import MixingConfig
+from megamix.mixing.doremi import DoReMiConfig
 from megamix.mixing.registry import build_mixer
 from megamix.model.gpt import GPT, GPTConfig
 from megamix.training import distributed
 from megamix.training.evaluation import Evaluator
 from megamix.training.loop import LoopState, PhaseLoop, LoopHooks
 from megamix.training.metrics import MetricsSink
-from megamix.training.signals import DomainGradScorer
+from megamix.training.doge_scores import DomainGradScorer
+from megamix.training.doremi_reference import ExcessLoss
+from megamix.training.signals import SignalEnv
 from megamix.training.step import StepLayout, StepRunner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,9 +111,9 @@ class TinyEngine(torch.nn.Module):
 
 def _mixing(method: str) -> MixingConfig:
     if method == "aioli":
-        return MixingConfig(method="aioli", update_interval=6, aioli=AioliConfig(lp_rounds=1, lp_steps=1))
+        return MixingConfig(method="aioli", update_interval=6, options=AioliConfig(lp_rounds=1, lp_steps=1))
     if method == "doremi":
-        return MixingConfig(method="doremi", update_interval=2, doremi=DoReMiConfig(reference="unused"))
+        return MixingConfig(method="doremi", update_interval=2, options=DoReMiConfig(reference="unused"))
     return MixingConfig(method=method, update_interval=2)
 
 
@@ -127,9 +132,11 @@ def _loop(tmp_path, method: str, prefetch: int) -> PhaseLoop:
     cpu = torch.device("cpu")
     layout = StepLayout(gbs, mbs, seq, 0, 1, len(NAMES))
     evaluator = Evaluator(valid, 4, mbs, 0, 1, cpu)
-    scorer = DomainGradScorer(model, blend, layout, cpu, evaluator.batches, 0) if method == "doge" else None
-    reference = GPT(model.config) if method == "doremi" else None
-    runner = StepRunner(engine, blend, layout, cpu, reference, scorer, prefetch=prefetch)
+    env = SignalEnv(engine, layout, cpu, SimpleNamespace(training=SimpleNamespace(zero_stage=0)), evaluator.batches)
+    providers = {"doge": {"domain_grad_scores": lambda: DomainGradScorer(env)},
+                 "doremi": {"excess_loss": lambda: ExcessLoss(GPT(model.config))}}.get(method, {})
+    runner = StepRunner(engine, blend, layout, cpu, {name: make() for name, make in providers.items()},
+                        prefetch=prefetch)
     ctx = MixerContext(domains=tuple(NAMES), train_tokens=tuple(int(d.num_tokens) for d in train),
                        train_iters=iters, global_batch_size=gbs, seed=1)
     return PhaseLoop(build_mixer(_mixing(method), ctx), runner, blend, schedule, evaluator, engine,
@@ -162,8 +169,8 @@ def test_loop_collectives_use_the_group_device(tmp_path, recording, method, pref
     assert all(c[1] == torch.device("cpu") for c in recording.calls if c[0] != "barrier")
     if method == "doge":  # the K domain gradients and the validation gradient in one all-reduce
         assert any(c[0] == "all_reduce" and len(c[2]) == 2 and c[2][0] == len(NAMES) + 1 for c in recording.calls)
-    if method == "doremi":  # loss sums, token counts and excess losses in one vector
-        assert any(c[0] == "all_reduce" and c[2] == (3 * len(NAMES),) for c in recording.calls)
+    if method == "doremi":  # loss sums, token counts and excess losses in one tensor
+        assert any(c[0] == "all_reduce" and c[2] == (3, len(NAMES)) for c in recording.calls)
 
 
 def test_tensor_on_another_device_is_moved_to_the_group_device(monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import rankdata
 
 from megamix.mixing import fidelity
+from megamix.mixing.skillit import SkillItConfig
 from launch import REPO, launch, make_data, tiny_args
 
 
@@ -63,7 +64,7 @@ def test_agreement_against_independent_formulas():
     assert np.isnan(fidelity.spearman(np.ones(3), y)) and np.isnan(fidelity.cosine(np.zeros(3), y))
 
 
-def test_method_a_from_events():
+def test_method_a_from_events(tmp_path):
     a0, a1 = np.eye(2).tolist(), [[0.1, 0.2], [0.3, 0.4]]
     events = [{"event": "aioli_round", "round": 0, "step": 5, "A": a0, "A_normalized": a0, "E": a0},
               {"event": "aioli_round", "round": 1, "step": 9, "A": a1, "A_normalized": None, "E": a1},
@@ -74,8 +75,10 @@ def test_method_a_from_events():
     with pytest.raises(ValueError, match="no 'A_normalized'"):
         fidelity.method_a("aioli", events, key="A_normalized")
     g = np.array([[1.0, 0.5], [0.0, 1.0]])
-    sk = [{"event": "skillit_update", "step": 4, "val_loss": [2.0, 3.0]}]
-    a, _ = fidelity.method_a("skillit", sk, graph=g)
+    graph = tmp_path / "graph.json"
+    graph.write_text(json.dumps({"domains": ["a", "b"], "graph": g.tolist()}))
+    sk = [{"event": "skillit_update", "step": 4, "domains": ["a", "b"], "val_loss": [2.0, 3.0]}]
+    a, _ = fidelity.method_a("skillit", sk, SkillItConfig(graph=str(graph)))
     np.testing.assert_allclose(a.sum(axis=0), g @ [2.0, 3.0])  # column sums = Skill-It's gradient G·L
     dr = [{"event": "doremi_update", "step": 1, "excess_loss": [0.1, 0.2]}]
     np.testing.assert_array_equal(fidelity.method_a("doremi", dr)[0], [0.1, 0.2])

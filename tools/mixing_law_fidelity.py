@@ -51,7 +51,7 @@ from megamix.data.config import DataConfig, DomainSpec  # noqa: E402
 from megamix.data.domain import build_domain_datasets  # noqa: E402
 from megamix.data.schedule import MixtureSchedule  # noqa: E402
 from megamix.mixing import fidelity, law  # noqa: E402
-from megamix.mixing.skillit import read_skill_graph  # noqa: E402
+from megamix.mixing.config import MixingConfig  # noqa: E402
 from megamix.fileio import atomic_write_json, read_json, read_jsonl  # noqa: E402
 from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
 from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
@@ -59,9 +59,9 @@ from megamix.training.config import OptimizerConfig  # noqa: E402
 from megamix.training.engine import lr_at, param_groups  # noqa: E402
 from megamix.training.aioli_gradient import AioliGradientEstimator, ValidationDraws, summarize  # noqa: E402
 from megamix.training.evaluation import Evaluator  # noqa: E402
+from megamix.training.doremi_reference import load_state_dict_from_checkpoint  # noqa: E402
 from megamix.training.loader import StepBatch, read_micro_batch  # noqa: E402
 from megamix.training.optim_state import load_adam_state, optimizer_order, seed_adam  # noqa: E402
-from megamix.training.reference import load_state_dict_from_checkpoint  # noqa: E402
 
 
 class RunView:
@@ -96,10 +96,9 @@ class RunView:
         """The run's learning rate at the checkpoint's iteration."""
         return lr_at(self.iteration, self.opt_cfg, self.training["train_iters"])
 
-    def graph(self) -> np.ndarray | None:
-        """The skills graph of a Skill-It run (None for other methods)."""
-        path = (self.cfg["mixing"].get("skillit") or {}).get("graph")
-        return read_skill_graph(path, tuple(self.domains)) if self.method == "skillit" and path else None
+    def options(self):
+        """The run's method config (what its ``law_estimate`` reads besides the metrics)."""
+        return MixingConfig.from_dict(self.cfg["mixing"]).options
 
 
 class ProbeTrainer:
@@ -234,7 +233,7 @@ def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | N
                grad_steps: int = 4) -> dict:
     """Train the probes, fit A*, compare with the run's A and with Aioli's two estimators; the report as a dict."""
     run = RunView(run_dir, eval_samples)
-    own, source = fidelity.method_a(run.method, run.events, a_key, run.graph())
+    own, source = fidelity.method_a(run.method, run.events, run.options(), a_key)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     lr = run.lr() if probe_lr is None else probe_lr
     trainer = ProbeTrainer(run, lr, cfg.seed, device, fresh_optimizer)

@@ -24,10 +24,62 @@ from __future__ import annotations
 
 import numpy as np
 
+import argparse
+from dataclasses import dataclass
+
 from megamix.mixing import law
-from megamix.mixing.base import Mixer, MixerContext, Observation, Phase
-from megamix.mixing.config import AioliConfig
+from megamix.mixing.base import (MethodSpec, Mixer, MixerContext, Observation, Phase, TimeAverage,
+                                 check_positive, option)
 from megamix.mixing.weights_file import read_weights_file
+
+
+@dataclass
+class AioliConfig:
+    """Aioli's settings (MIXING.md, 'Aioli'); the round length U is --mixing-update-interval."""
+
+    eta: float = option(1.0, "--aioli-eta", "EG step size η (default 1.0)")
+    lp_rounds: int = option(2, "--aioli-lp-rounds", "probe sweeps k per round (default 2)")
+    lp_steps: int = option(10, "--aioli-lp-steps", "steps s per probe (default 10)")
+    one_hot_factor: float = option(0.75, "--aioli-one-hot-factor",
+                                   "probe weight f on the probed domain, in (1/K, 1] (default 0.75)")
+    ema: float | None = option(None, "--aioli-ema", "EMA γ on A in [0, 1) (default off; the paper's runs used 0.1)",
+                               type=float)
+    normalize_a: bool = option(True, "--aioli-normalize-a",
+                               "shift/scale A to a non-negative matrix summing to 1 (default on)", action=argparse.BooleanOptionalAction)
+    diagonal: bool = option(False, "--aioli-diagonal", "A = diag(B[j, j] / f)", action="store_true")
+    update: str = option("cumulative", "--aioli-update",
+                         "EG from the current p (cumulative) or from the start weights each round (reset)",
+                         choices=("cumulative", "reset"))
+    prior: str | None = option(None, "--aioli-prior", "weights file of prior proportions (the EG start)",
+                               metavar="FILE")
+    prior_steps: int = option(0, "--aioli-prior-steps", "steps trained on the prior before round 1")
+    loss_source: str = option("val", "--aioli-loss-source", "probe losses from validation evaluations or training",
+                              choices=("val", "train"))
+
+    def __post_init__(self) -> None:
+        check_positive(self.eta, "--aioli-eta")
+        if self.lp_rounds < 1:
+            raise ValueError(f"--aioli-lp-rounds must be >= 1, got {self.lp_rounds}")
+        if self.lp_steps < 1:
+            raise ValueError(f"--aioli-lp-steps must be >= 1, got {self.lp_steps}")
+        if not (0.0 < self.one_hot_factor <= 1.0):
+            raise ValueError(f"--aioli-one-hot-factor must be in (1/K, 1], got {self.one_hot_factor}")
+        if self.ema is not None and not (0.0 <= self.ema < 1.0):
+            raise ValueError(f"--aioli-ema must be in [0, 1), got {self.ema}")
+        if self.update not in ("cumulative", "reset"):
+            raise ValueError(f"--aioli-update must be 'cumulative' or 'reset', got {self.update!r}")
+        if self.prior_steps < 0:
+            raise ValueError(f"--aioli-prior-steps must be >= 0, got {self.prior_steps}")
+        if self.loss_source not in ("val", "train"):
+            raise ValueError(f"--aioli-loss-source must be 'val' or 'train', got {self.loss_source!r}")
+
+    def check_domains(self, k: int) -> None:
+        """Validate the settings that depend on the number of domains K."""
+        if k < 2:
+            raise ValueError(f"aioli needs at least 2 domains, got {k}")
+        if not (1.0 / k < self.one_hot_factor <= 1.0):
+            raise ValueError(f"--aioli-one-hot-factor must be in (1/K, 1] = ({1.0 / k:.4g}, 1] "
+                             f"for K={k} domains, got {self.one_hot_factor}")
 
 
 def _arr(x):
@@ -68,8 +120,7 @@ class AioliMixer(Mixer):
         self.loss = None        # val loss of the model as it is now (None when unknown)
         self.e = None
         self.cur = None         # the round in progress
-        self.avg_sum = np.zeros(k)
-        self.avg_steps = 0
+        self.average = TimeAverage(k)
 
     # ----------------------------------------------------------------- phases
     def next_phase(self, step: int, remaining: int) -> Phase:
@@ -130,8 +181,7 @@ class AioliMixer(Mixer):
     # ---------------------------------------------------------------- observe
     def observe(self, phase: Phase, obs: Observation) -> list[dict]:
         """Record losses; after the last probe of a round, solve for A and update p."""
-        self.avg_sum += self.p * obs.steps
-        self.avg_steps += obs.steps
+        self.average.add(self.p, obs.steps)
         before = self.loss
         if obs.val_loss is not None:
             self.loss = np.asarray(obs.val_loss, dtype=np.float64)
@@ -204,7 +254,7 @@ class AioliMixer(Mixer):
         """Everything needed to continue exactly (JSON)."""
         return {"stage": self.stage, "round": self.round, "p": _lst(self.p), "p0": _lst(self.p0),
                 "loss": _lst(self.loss), "e": _lst(self.e),
-                "cur": self.cur, "avg_sum": _lst(self.avg_sum), "avg_steps": self.avg_steps}
+                "cur": self.cur, **self.average.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
@@ -212,10 +262,26 @@ class AioliMixer(Mixer):
         self.p, self.p0 = _arr(state["p"]), _arr(state["p0"])
         self.loss, self.e = _arr(state["loss"]), _arr(state["e"])
         self.cur = state["cur"]
-        self.avg_sum, self.avg_steps = _arr(state["avg_sum"]), int(state["avg_steps"])
+        self.average.load_state_dict(state)
 
     def learned_weights(self) -> np.ndarray:
         """Time-average of p over all steps trained so far (p itself before any step)."""
-        if self.avg_steps == 0:
-            return self.p.copy()
-        return self.avg_sum / self.avg_steps
+        return self.average.value(self.p)
+
+
+def law_estimate(events: list[dict], options: AioliConfig, key: str | None) -> tuple[np.ndarray, str]:
+    """A of the last completed round (``key``: 'A' or 'A_normalized', default the latter when present)."""
+    done = [e for e in events if e.get("event") == "aioli_round" and "skipped" not in e]
+    if not done:
+        raise ValueError("no completed 'aioli_round' event in metrics.jsonl (the run never finished a round)")
+    rec = done[-1]
+    key = key or ("A_normalized" if rec.get("A_normalized") is not None else "A")
+    if rec.get(key) is None:
+        raise ValueError(f"the last aioli_round (round {rec['round']}) has no {key!r}")
+    return np.asarray(rec[key], dtype=np.float64), f"aioli_round {rec['round']} (step {rec['step']}) {key}"
+
+
+METHOD = MethodSpec(
+    name="aioli", summary="Aioli: learn A by probes each round, move p by exponentiated gradient",
+    build=lambda ctx, cfg: AioliMixer(ctx, cfg.options, cfg.update_interval), config=AioliConfig,
+    law_estimate=law_estimate)

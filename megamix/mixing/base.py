@@ -6,13 +6,17 @@ the mixture schedule, trains those steps, evaluates when the phase asks for it, 
 hands the result back with ``mixer.observe(phase, observation)``. Methods that need more
 than sampling proportions ask for it through the Phase:
 
-* ``loss_weights`` (DoReMi's proxy): the step objective becomes
+* ``loss_weights``: the step objective becomes
   ``sum_i loss_weights[i] * mean token loss of domain i in the global batch`` instead of
   the plain token mean.
-* ``signals``: per-step quantities the loop computes and averages over the phase, e.g.
-  ``"excess_loss"`` (DoReMi: per-domain mean of max(loss_proxy - loss_reference, 0)) or
-  ``"domain_grad_scores"`` (DoGE: per-domain <g_j, g_val> scores). Results arrive in
-  ``Observation.signals`` under the same names.
+* ``signals``: quantities computed beside the training step (an excess loss over a
+  reference model, per-domain gradient scores, ...) by providers the method declares in
+  its :class:`MethodSpec`; the loop sums them over the phase and the results arrive in
+  ``Observation.signals`` under the same names (``megamix.training.signals``).
+
+A method is one module: its Mixer, its config dataclass (fields declared with
+:func:`option`, from which its flags are generated) and ``METHOD = MethodSpec(...)``,
+listed once in ``megamix.mixing.registry`` (docs/adding_a_mixer.md).
 
 Every rank runs the mixer on identical, all-reduced inputs; the loop broadcasts the
 weights of each new phase from rank 0 and checks them, so a mixer must be deterministic
@@ -22,15 +26,14 @@ given its seed and observations. Mixer state must be JSON-serialisable
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from megamix.data.helpers import normalize_weights
-
-KNOWN_SIGNALS = ("excess_loss", "domain_grad_scores")
 
 
 def as_simplex(weights: Any, num_domains: int, what: str = "weights") -> np.ndarray:
@@ -53,7 +56,7 @@ class Phase:
     loss_weights: np.ndarray | None = None
     """Per-domain weights of the training objective (None: plain token mean)."""
     signals: tuple[str, ...] = ()
-    """Per-step quantities the loop must compute (see KNOWN_SIGNALS)."""
+    """Per-step quantities the loop must compute; each must be declared by the method's MethodSpec."""
     info: dict = field(default_factory=dict)
     """Method-specific JSON-able fields recorded in the 'phase' metrics event."""
 
@@ -67,9 +70,6 @@ class Phase:
             if lw.shape != w.shape or not np.all(np.isfinite(lw)) or np.any(lw < 0):
                 raise ValueError(f"Phase.loss_weights must be {w.shape[0]} finite non-negative values")
             object.__setattr__(self, "loss_weights", lw)
-        for name in self.signals:
-            if name not in KNOWN_SIGNALS:
-                raise ValueError(f"Phase.signals: unknown signal {name!r}; known: {KNOWN_SIGNALS}")
 
     def to_dict(self) -> dict:
         """JSON-able form (for checkpoints and metrics)."""
@@ -164,3 +164,69 @@ class Mixer(ABC):
     def learned_weights(self) -> np.ndarray | None:
         """Proportions this method learned (e.g. time-averaged), for ``--mixture-out``; None if none."""
         return None
+
+
+class TimeAverage:
+    """The step-weighted average of a method's proportions: what ``--mixture-out`` writes."""
+
+    def __init__(self, num_domains: int) -> None:
+        self.total = np.zeros(num_domains)
+        self.steps = 0
+
+    def add(self, weights: np.ndarray, steps: int) -> None:
+        """Count ``weights`` for ``steps`` trained steps."""
+        self.total = self.total + np.asarray(weights, dtype=np.float64) * steps
+        self.steps += int(steps)
+
+    def value(self, current: np.ndarray) -> np.ndarray:
+        """The average so far; ``current`` before any step was trained."""
+        return np.asarray(current, dtype=np.float64).copy() if self.steps == 0 else self.total / self.steps
+
+    def state_dict(self) -> dict:
+        """JSON form, stored in the mixer's state."""
+        return {"avg_sum": self.total.tolist(), "avg_steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.total = np.asarray(state["avg_sum"], dtype=np.float64)
+        self.steps = int(state["avg_steps"])
+
+
+# ------------------------------------------------------------ method declaration
+def check_positive(value: float, flag: str) -> None:
+    """Raise unless ``value`` is a finite number > 0 (the error names ``flag``)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} must be a finite number > 0, got {value!r}")
+
+
+def option(default: Any, flag: str, help: str, **argparse_kwargs: Any) -> Any:
+    """A method-config field that carries its command-line flag and help.
+
+    ``argparse_kwargs`` (``type``, ``choices``, ``metavar``, ``action``) go to
+    ``add_argument``; without ``type`` or ``action`` the type is that of ``default``.
+    """
+    return field(default=default, metadata={"flag": flag, "help": help, **argparse_kwargs})
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the rest of megamix knows about one mixing method.
+
+    A method module defines its Mixer, its config dataclass (fields declared with
+    :func:`option`, so its flags are generated from them) and a ``METHOD = MethodSpec(...)``;
+    ``megamix.mixing.registry`` lists the module. Signals are computed on the training side
+    by providers named as ``"module:attribute"`` and imported only when the method runs.
+    """
+
+    name: str
+    """The --mixing-method value."""
+    build: Callable[[MixerContext, Any], Mixer]
+    """``build(ctx, mixing_config)``: the Mixer; the method's own settings are ``mixing_config.options``."""
+    summary: str
+    """One line for --help."""
+    config: type | None = None
+    """The method's config dataclass (its fields become flags); None when it has no options."""
+    signals: Callable[[Any], Mapping[str, str]] = lambda options: {}
+    """``signals(options)``: {signal name: "module:attribute" of its provider factory} the run must wire."""
+    law_estimate: Callable[[list[dict], Any, str | None], tuple[np.ndarray, str]] | None = None
+    """``law_estimate(events, options, key)``: the method's A (or its column sums) from metrics events."""

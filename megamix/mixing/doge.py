@@ -9,12 +9,26 @@ weights are the step-weighted average of w_t.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from megamix.mixing import law
-from megamix.mixing.base import MixerContext, Observation, Phase
-from megamix.mixing.config import DoGEConfig
-from megamix.mixing.doremi import _AveragingMixer
+from megamix.mixing.base import MethodSpec, MixerContext, Observation, Phase, check_positive, option
+from megamix.mixing.proxy import ProxyMixer, last_vector
+
+
+@dataclass
+class DoGEConfig:
+    """DoGE proxy settings (MIXING.md, 'DoGE')."""
+
+    mu: float = option(0.01, "--doge-mu", "Bregman regulariser μ: log w += score/μ (default 0.01)")
+    phase_steps: int = option(1, "--doge-update-steps", "steps between w updates (default 1, as in the paper)")
+
+    def __post_init__(self) -> None:
+        check_positive(self.mu, "--doge-mu")
+        if self.phase_steps < 1:
+            raise ValueError(f"--doge-update-steps must be >= 1, got {self.phase_steps}")
 
 
 def doge_update(w: np.ndarray, scores: np.ndarray, mu: float) -> np.ndarray:
@@ -23,7 +37,7 @@ def doge_update(w: np.ndarray, scores: np.ndarray, mu: float) -> np.ndarray:
     return law.eg_step(w, s, 1.0 / mu)
 
 
-class DoGEMixer(_AveragingMixer):
+class DoGEMixer(ProxyMixer):
     """DoGE proxy: trains at w and updates w from per-domain gradient-alignment scores."""
 
     name = "doge"
@@ -47,3 +61,10 @@ class DoGEMixer(_AveragingMixer):
         return [{"event": "doge_update", "step": obs.step, "scores": np.asarray(scores).tolist(),
                  "weights_before": before.tolist(), "weights": self.w.tolist(),
                  "average": self.learned_weights().tolist()}]
+
+
+METHOD = MethodSpec(
+    name="doge", summary="DoGE proxy: weights moved by per-domain gradient alignment with the validation gradient",
+    build=lambda ctx, cfg: DoGEMixer(ctx, cfg.options, cfg.update_interval), config=DoGEConfig,
+    signals=lambda options: {"domain_grad_scores": "megamix.training.doge_scores:DomainGradScorer"},
+    law_estimate=lambda events, options, key: last_vector(events, "doge_update", "scores"))

@@ -9,11 +9,33 @@ phase (NaN) gets λ_i = 0. The learned weights are the step-weighted average of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from megamix.mixing import law
-from megamix.mixing.base import Mixer, MixerContext, Observation, Phase
-from megamix.mixing.config import DoReMiConfig
+from megamix.mixing.base import MethodSpec, MixerContext, Observation, Phase, check_positive, option
+from megamix.mixing.proxy import ProxyMixer, last_vector
+
+
+@dataclass
+class DoReMiConfig:
+    """DoReMi proxy settings (MIXING.md, 'DoReMi')."""
+
+    reference: str | None = option(None, "--doremi-reference", "checkpoint of the reference model (required)",
+                                   metavar="DIR")
+    step_size: float = option(1.0, "--doremi-step-size", "step size μ of the α update (default 1.0)")
+    smoothing: float = option(1e-3, "--doremi-smoothing", "mixing c with the uniform distribution (default 1e-3)")
+    phase_steps: int = option(1, "--doremi-update-steps", "steps between α updates (default 1, as in the paper)")
+
+    def __post_init__(self) -> None:
+        if self.reference is None:
+            raise ValueError("--mixing-method doremi needs --doremi-reference DIR (the reference model's checkpoint)")
+        check_positive(self.step_size, "--doremi-step-size")
+        if not (0.0 <= self.smoothing < 1.0):
+            raise ValueError(f"--doremi-smoothing must be in [0, 1), got {self.smoothing}")
+        if self.phase_steps < 1:
+            raise ValueError(f"--doremi-update-steps must be >= 1, got {self.phase_steps}")
 
 
 def doremi_update(alpha: np.ndarray, excess: np.ndarray, step_size: float, smoothing: float) -> np.ndarray:
@@ -23,43 +45,7 @@ def doremi_update(alpha: np.ndarray, excess: np.ndarray, step_size: float, smoot
     return (1.0 - smoothing) * a + smoothing / a.shape[0]
 
 
-class _AveragingMixer(Mixer):
-    """Shared state of the per-step proxies: current weights and their step-weighted average."""
-
-    def __init__(self, ctx: MixerContext, cfg, interval: int) -> None:
-        super().__init__(ctx)
-        self.cfg = cfg
-        self.interval = interval
-        self.w = np.full(ctx.num_domains, 1.0 / ctx.num_domains)
-        self.avg_sum = np.zeros(ctx.num_domains)
-        self.avg_steps = 0
-
-    def _phase_steps_and_eval(self, step: int) -> tuple[int, bool]:
-        """The next phase's length and whether it ends on a multiple of the update interval U."""
-        steps = self.cfg.phase_steps
-        return steps, (step + steps) // self.interval > step // self.interval
-
-    def _accumulate(self, steps: int) -> None:
-        """Count the (updated) weights for ``steps`` steps in the time average."""
-        self.avg_sum += self.w * steps
-        self.avg_steps += steps
-
-    def state_dict(self) -> dict:
-        """Current weights and the average accumulators."""
-        return {"w": self.w.tolist(), "avg_sum": self.avg_sum.tolist(), "avg_steps": self.avg_steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.w = np.asarray(state["w"], dtype=np.float64)
-        self.avg_sum = np.asarray(state["avg_sum"], dtype=np.float64)
-        self.avg_steps = int(state["avg_steps"])
-
-    def learned_weights(self) -> np.ndarray:
-        """The time-averaged weights (the current ones before any update)."""
-        return self.w.copy() if self.avg_steps == 0 else self.avg_sum / self.avg_steps
-
-
-class DoReMiMixer(_AveragingMixer):
+class DoReMiMixer(ProxyMixer):
     """DoReMi proxy: uniform sampling, α-weighted objective, α updated from excess losses."""
 
     name = "doremi"
@@ -85,3 +71,10 @@ class DoReMiMixer(_AveragingMixer):
         return [{"event": "doremi_update", "step": obs.step, "excess_loss": np.asarray(excess).tolist(),
                  "weights_before": before.tolist(), "weights": self.w.tolist(),
                  "average": self.learned_weights().tolist()}]
+
+
+METHOD = MethodSpec(
+    name="doremi", summary="DoReMi proxy: Group-DRO loss weights from the excess loss over a reference model",
+    build=lambda ctx, cfg: DoReMiMixer(ctx, cfg.options, cfg.update_interval), config=DoReMiConfig,
+    signals=lambda options: {"excess_loss": "megamix.training.doremi_reference:excess_loss"},
+    law_estimate=lambda events, options, key: last_vector(events, "doremi_update", "excess_loss"))

@@ -7,15 +7,9 @@ The comparison is on column sums (Σ_i A[i, j] is the gradient the exponentiated
 step follows): cosine similarity and Spearman rank correlation; when the method has a
 full K×K matrix its entrywise cosine is reported too.
 
-What counts as a method's "A" (``method_a``):
-
-* aioli: the last non-skipped ``aioli_round`` record's ``A_normalized`` (``A`` when
-  normalisation is off or ``key`` asks for it; ``E`` for the smoothed matrix).
-* skillit: diag(L) Gᵀ with G the skills graph and L the last logged validation loss, so
-  that its column sums are the G·L gradient Skill-It follows (G[i, j] is "training on i
-  helps j", the transpose of A's convention).
-* doremi / doge: no matrix; the gradient vector of their last update (excess losses,
-  gradient scores) stands in for the column sums.
+What counts as a method's "A" is the method's own business (``MethodSpec.law_estimate``,
+read from its metrics records): a K×K matrix, or a K-vector standing in for the column
+sums when the method has no matrix.
 """
 
 from __future__ import annotations
@@ -26,6 +20,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from megamix.mixing import law
+from megamix.mixing.registry import method_names, method_spec
 
 
 @dataclass
@@ -104,47 +99,18 @@ def agreement(method: np.ndarray, a_star: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------- the method's A
-def _last(events: list[dict], kind: str, usable=lambda e: True) -> dict | None:
-    found = [e for e in events if e.get("event") == kind and usable(e)]
-    return found[-1] if found else None
+def method_a(method: str, events: list[dict], options=None, key: str | None = None) -> tuple[np.ndarray, str]:
+    """The method's A (a K×K matrix, or a K-vector of column sums) and a description of its source.
 
-
-def _aioli_a(events: list[dict], key: str | None) -> tuple[np.ndarray, str]:
-    rec = _last(events, "aioli_round", lambda e: "skipped" not in e)
-    if rec is None:
-        raise ValueError("no completed 'aioli_round' event in metrics.jsonl (the run never finished a round)")
-    key = key or ("A_normalized" if rec.get("A_normalized") is not None else "A")
-    if rec.get(key) is None:
-        raise ValueError(f"the last aioli_round (round {rec['round']}) has no {key!r}")
-    return np.asarray(rec[key], dtype=np.float64), f"aioli_round {rec['round']} (step {rec['step']}) {key}"
-
-
-def _skillit_a(events: list[dict], graph: np.ndarray) -> tuple[np.ndarray, str]:
-    rec = _last(events, "skillit_update", lambda e: "skipped" not in e)
-    if rec is None:
-        raise ValueError("no 'skillit_update' event in metrics.jsonl")
-    loss = np.asarray(rec["val_loss"], dtype=np.float64)
-    return np.diag(loss) @ np.asarray(graph, dtype=np.float64).T, f"diag(L) G^T at step {rec['step']}"
-
-
-def method_a(method: str, events: list[dict], key: str | None = None,
-             graph: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """The method's A (a K×K matrix, or a K-vector of column sums) and a description of its source."""
-    if method == "aioli":
-        return _aioli_a(events, key)
-    if method == "skillit":
-        if graph is None:
-            raise ValueError("skillit: the skills graph is needed (the run's --skillit-graph file)")
-        return _skillit_a(events, graph)
-    vectors = {"doremi": ("doremi_update", "excess_loss"), "doge": ("doge_update", "scores")}
-    if method not in vectors:
-        raise ValueError(f"--mixing-method {method} learns no A (nothing to compare); "
-                         "expected aioli, skillit, doremi or doge")
-    kind, field = vectors[method]
-    rec = _last(events, kind)
-    if rec is None:
-        raise ValueError(f"no {kind!r} event in metrics.jsonl")
-    return np.asarray(rec[field], dtype=np.float64), f"{kind} {field} at step {rec['step']}"
+    ``options`` is the run's method config (``MixingConfig.options``); each method reads its
+    own records (``MethodSpec.law_estimate``).
+    """
+    spec = method_spec(method)
+    if spec.law_estimate is None:
+        learns = [name for name in method_names() if method_spec(name).law_estimate is not None]
+        raise ValueError(f"--mixing-method {method} learns no A (nothing to compare); expected one of "
+                         f"{', '.join(learns)}")
+    return spec.law_estimate(events, options, key)
 
 
 def format_table(domains: list[str], report: dict) -> str:

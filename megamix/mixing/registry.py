@@ -1,36 +1,75 @@
-"""build_mixer: turn a MixingConfig into the Mixer for the run."""
+"""The mixing methods: one module each, listed here once; ``build_mixer`` makes the run's Mixer.
+
+A method module exports ``METHOD`` (or ``METHODS``, a tuple) of :class:`MethodSpec`.
+A method outside megamix is a module named with ``--mixing-plugin MODULE``: it is imported
+before the flags are built, and its ``METHOD``/``METHODS`` registered (``register_method``
+does the same from Python). See docs/adding_a_mixer.md.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import importlib
 
-from megamix.mixing.aioli import AioliMixer
-from megamix.mixing.base import Mixer, MixerContext
-from megamix.mixing.config import MixingConfig
-from megamix.mixing.doge import DoGEMixer
-from megamix.mixing.doremi import DoReMiMixer
-from megamix.mixing.simple import FixedMixer, natural, stratified
-from megamix.mixing.skillit import SkillItMixer
-from megamix.mixing.weights_file import read_weights_file
+from megamix.mixing.base import MethodSpec, Mixer, MixerContext
+
+BUILTIN_MODULES = (
+    "megamix.mixing.simple",
+    "megamix.mixing.aioli",
+    "megamix.mixing.skillit",
+    "megamix.mixing.doremi",
+    "megamix.mixing.doge",
+)
+
+_METHODS: dict[str, MethodSpec] = {}
+_builtins_loaded = False
 
 
-def build_mixer(cfg: MixingConfig, ctx: MixerContext) -> Mixer:
-    """The Mixer for ``cfg.method`` over the run described by ``ctx``."""
-    u = cfg.update_interval
-    if cfg.method == "stratified":
-        return stratified(ctx, u)
-    if cfg.method == "natural":
-        return natural(ctx, u)
-    if cfg.method == "static":
-        if cfg.mixture_weights is None:
-            return FixedMixer(ctx, read_weights_file(cfg.mixture_weights_file, ctx.domains), u)
-        return FixedMixer(ctx, np.asarray(cfg.mixture_weights), u)
-    if cfg.method == "aioli":
-        return AioliMixer(ctx, cfg.aioli, u)
-    if cfg.method == "skillit":
-        return SkillItMixer(ctx, cfg.skillit, u)
-    if cfg.method == "doremi":
-        return DoReMiMixer(ctx, cfg.doremi, u)
-    if cfg.method == "doge":
-        return DoGEMixer(ctx, cfg.doge, u)
-    raise ValueError(f"--mixing-method {cfg.method}: not available in this build")
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Make ``spec`` available as ``--mixing-method spec.name``; re-registering the same spec is a no-op."""
+    _load_builtins()
+    known = _METHODS.get(spec.name)
+    if known is not None and known is not spec:
+        raise ValueError(f"mixing method {spec.name!r} is already registered (by {known.build.__module__})")
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for name in BUILTIN_MODULES:
+        module = importlib.import_module(name)
+        for spec in getattr(module, "METHODS", ()) or (module.METHOD,):
+            register_method(spec)
+
+
+def import_plugins(modules) -> None:
+    """Import each ``--mixing-plugin`` module (importing it registers its methods)."""
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"--mixing-plugin {name}: cannot import it ({e}); is its folder on PYTHONPATH?") from e
+        for spec in getattr(module, "METHODS", ()) or ((module.METHOD,) if hasattr(module, "METHOD") else ()):
+            register_method(spec)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method, built-ins first."""
+    _load_builtins()
+    return tuple(_METHODS)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec of method ``name``; a clear error naming the choices otherwise."""
+    names = method_names()
+    if name not in _METHODS:
+        raise ValueError(f"--mixing-method: unknown method {name!r}; choose from {', '.join(names)}")
+    return _METHODS[name]
+
+
+def build_mixer(cfg, ctx: MixerContext) -> Mixer:
+    """The Mixer for ``cfg.method`` (a MixingConfig) over the run described by ``ctx``."""
+    return method_spec(cfg.method).build(ctx, cfg)

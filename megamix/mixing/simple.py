@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from megamix.mixing.base import Mixer, MixerContext, Phase, as_simplex
+from megamix.mixing.base import MethodSpec, Mixer, MixerContext, Phase, as_simplex
+from megamix.mixing.weights_file import read_weights_file
 
 
 class FixedMixer(Mixer):
@@ -42,3 +43,19 @@ def natural(ctx: MixerContext, interval: int) -> FixedMixer:
     mixer = FixedMixer(ctx, np.asarray(ctx.train_tokens, dtype=np.float64), interval)
     mixer.name = "natural"
     return mixer
+
+
+def _static(ctx: MixerContext, cfg) -> FixedMixer:
+    """The weights from --data-path, or from the --mixture-weights file read by domain name."""
+    if cfg.mixture_weights is None:
+        return FixedMixer(ctx, read_weights_file(cfg.mixture_weights_file, ctx.domains), cfg.update_interval)
+    return FixedMixer(ctx, np.asarray(cfg.mixture_weights), cfg.update_interval)
+
+
+METHODS = (
+    MethodSpec(name="stratified", summary="p = 1/K throughout (the reference)",
+               build=lambda ctx, cfg: stratified(ctx, cfg.update_interval)),
+    MethodSpec(name="natural", summary="p proportional to each domain's train tokens",
+               build=lambda ctx, cfg: natural(ctx, cfg.update_interval)),
+    MethodSpec(name="static", summary="fixed p from --data-path weights or --mixture-weights FILE", build=_static),
+)

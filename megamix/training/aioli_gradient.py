@@ -79,7 +79,8 @@ class IdentityPreconditioner:
 class AdamPreconditioner:
     """Adam's diag(1/(√v̂ + ε)) for each parameter of ``params``, read from ``optimizer``'s actual state.
 
-    ``adam`` is the torch optimizer inside ``optimizer``, which is a torch Adam/AdamW or what a DeepSpeed engine holds at ZeRO 0–2
+    ``adam`` is the torch optimizer inside ``optimizer``, which is a torch Adam/AdamW or
+    what a DeepSpeed engine holds at ZeRO 0–2
     (``engine.optimizer``): its own state at ZeRO 0 in fp32, the fp32 master copies of
     DeepSpeed's 16-bit wrapper at ZeRO 0, and DeepSpeed's partitioned state at ZeRO 1–2
     (``deepspeed.utils.safe_get_full_optimizer_state``, a collective: every rank calls
@@ -177,7 +178,7 @@ class GradientEstimate:
     """A round's (or phase's) gradient estimate of A, from the sum of per-step values."""
 
     a: np.ndarray
-    """(K, K) per-step law coefficient lr·⟨v_i, P g_j⟩ averaged over the steps each column was seen (NaN: never)."""
+    """(K, K) per-step coefficient lr·⟨v_i, P g_j⟩, mean over the steps that saw column j (NaN: none)."""
     column_steps: np.ndarray
     """(K,) estimated steps in which some rank had training samples of domain j."""
     val_loss: np.ndarray
@@ -219,7 +220,7 @@ class AioliGradientEstimator:
         self.numel = sum(p.numel() for p in self.params)
         self.preconditioner = make_preconditioner(optimizer, self.params)
         extra = -(-self.work.itemsize // self.dtype.itemsize)  # P in at least float32
-        check_buffer_fits(num_domains + 1 + extra, self.numel, self.dtype, self.device)
+        check_buffer_fits(num_domains + 1 + extra, self.numel, self.dtype, self.device, "--aioli-estimator gradient")
 
     def before_step(self, step: int, batch, lr: float) -> torch.Tensor | None:
         """The (K+1)×(K+1) value of optimizer step ``step`` (all-reduced), or None when not estimated.

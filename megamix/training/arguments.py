@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from megamix.data.config import DataConfig, parse_data_path, parse_split
 from megamix.data.tokenizer import TOKENIZER_TYPES, TokenizerConfig
 from megamix.model.gpt import GPTConfig
 from megamix.training.config import LoggingConfig, OptimizerConfig, RunConfig, TrainingConfig
-from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
+from megamix.training.mixing_args import add_mixing_args, import_plugin_flags, mixing_config_from_args
 from megamix.training.preemption import parse_exit_signals
 
 
@@ -209,6 +211,10 @@ def tokenizer_config_from_args(args: argparse.Namespace) -> TokenizerConfig:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse flags; unknown or inconsistent flags exit with a clear message before anything starts."""
+    try:
+        import_plugin_flags(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        argparse.ArgumentParser(prog=os.path.basename(sys.argv[0])).error(str(e))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,8 +1,8 @@
 """Process-group set-up and every collective megamix issues (gloo on CPU, NCCL on GPU).
 
 This module owns all tensor collectives of training: the broadcast-and-check of mixture
-weights, the all-reduce of per-domain statistics (training step, DoReMi's excess loss),
-evaluation sums and DoGE's gradients. Each puts its tensors on the *group device* recorded
+weights, the all-reduce of per-domain statistics (training step with its per-sample
+signals, evaluation sums) and of the signal providers' gradients. Each puts its tensors on the *group device* recorded
 by :func:`init_distributed` (the rank's CUDA device under NCCL, the CPU under gloo), since
 NCCL refuses CPU tensors and gloo CUDA ones.
 """

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from megamix.data.domain import DomainDataset
-from megamix.training.distributed import all_reduce_sum, to_host
+from megamix.training.domain_stats import DomainStats
 
 
 class Evaluator:
@@ -40,28 +40,23 @@ class Evaluator:
         return {
             "tokens": torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64)),
             "labels": torch.from_numpy(np.stack([s["labels"] for s in samples]).astype(np.int64)),
-            "mask": torch.from_numpy(np.stack([s["loss_mask"] for s in samples]).astype(np.float32)) * weight,
+            "loss_mask": torch.from_numpy(np.stack([s["loss_mask"] for s in samples]).astype(np.float32)) * weight,
             "domain_id": torch.tensor([d for d, _ in items], dtype=torch.int64),
         }
 
     @torch.no_grad()
     def evaluate(self, model) -> np.ndarray:
         """Per-domain mean token loss (K,), identical on every rank; NaN for an empty domain set."""
-        k = self.num_domains
-        stats = torch.zeros(2 * k, dtype=torch.float64, device=self.device)
+        stats = DomainStats(self.num_domains, self.device)
         was_training = model.training
         model.eval()
         for b in self.batches:
-            mask = b["mask"].to(self.device)
-            dom = b["domain_id"].to(self.device)
+            mask = b["loss_mask"].to(self.device)
             losses = model(b["tokens"].to(self.device), b["labels"].to(self.device)) * mask
-            stats[:k].index_add_(0, dom, losses.sum(dim=1).double())
-            stats[k:].index_add_(0, dom, mask.sum(dim=1).double())
+            stats.add_tokens(b["domain_id"].to(self.device), losses.sum(dim=1), mask.sum(dim=1))
         if was_training:
             model.train()
-        stats = to_host(all_reduce_sum(stats))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(stats[k:] > 0, stats[:k] / np.maximum(stats[k:], 1), np.nan)
+        return stats.all_reduce().mean()
 
 
 def perplexity(loss: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from megamix.data.blend import BlendedDataset
 from megamix.data.schedule import MixtureSchedule
 from megamix.mixing.base import Mixer, Observation, Phase
 from megamix.training.distributed import broadcast_and_check, group_device, to_host
+from megamix.training.domain_stats import DomainStats
 from megamix.training.evaluation import Evaluator, perplexity
 from megamix.training.metrics import MetricsSink
 from megamix.training.repetition import RepetitionTracker
@@ -26,18 +27,18 @@ from megamix.training.step import StepRunner
 from megamix.training.throughput import progress_fields
 
 
-def _host(values) -> np.ndarray | None:
-    """A float64 numpy copy of a statistics vector kept on the device (or already on the host)."""
-    if values is None:
-        return None
-    return to_host(values) if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
+def _on_device(value, device: torch.device) -> torch.Tensor:
+    """A per-step signal sum as a float64 tensor on ``device`` (an exact copy of a restored one)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(np.asarray(value, dtype=np.float64), dtype=torch.float64, device=device)
 
 
-def _device(values, device: torch.device) -> torch.Tensor | None:
-    """A statistics vector as a float64 tensor on ``device`` (an exact copy of a restored one)."""
-    if values is None or isinstance(values, torch.Tensor):
-        return values
-    return torch.tensor(np.asarray(values, dtype=np.float64), dtype=torch.float64, device=device)
+def _stats(value, device: torch.device) -> DomainStats | None:
+    """DomainStats from a restored dict (a live one is returned as is)."""
+    if value is None or isinstance(value, DomainStats):
+        return value
+    return DomainStats.from_dict(value, device)
 
 
 @dataclass
@@ -48,36 +49,36 @@ class LoopState:
     phase: Phase | None = None
     phase_steps_done: int = 0
     phase_steps: int = 0
-    phase_stats: np.ndarray | torch.Tensor | None = None
-    """Per-domain statistics of the phase so far (a device tensor while training, numpy when restored)."""
+    phase_stats: DomainStats | dict | None = None
+    """Per-domain statistics of the phase so far (on the device while training, a dict when restored)."""
     phases_started: int = 0
-    log_stats: np.ndarray | torch.Tensor | None = None
-    """Per-domain loss sums and token counts since the last 'train' event (device tensor while training)."""
+    log_stats: DomainStats | dict | None = None
+    """Per-domain loss sums and token counts since the last 'train' event."""
     signal_sums: dict = field(default_factory=dict)
-    """Per-step signals (e.g. DoGE's scores) summed over the phase so far."""
+    """Per-step signals (e.g. gradient scores) summed over the phase so far."""
 
     def to_dict(self) -> dict:
         """JSON-able form for the checkpoint."""
+        as_dict = lambda st: None if st is None else (st if isinstance(st, dict) else st.to_dict())  # noqa: E731
         return {
             "iteration": self.iteration,
             "phase": None if self.phase is None else self.phase.to_dict(),
             "phase_steps_done": self.phase_steps_done,
             "phase_steps": self.phase_steps,
-            "phase_stats": None if self.phase_stats is None else _host(self.phase_stats).tolist(),
+            "phase_stats": as_dict(self.phase_stats),
             "phases_started": self.phases_started,
-            "log_stats": None if self.log_stats is None else _host(self.log_stats).tolist(),
-            "signal_sums": {k: np.asarray(v).tolist() for k, v in self.signal_sums.items()},
+            "log_stats": as_dict(self.log_stats),
+            "signal_sums": {k: (to_host(v) if isinstance(v, torch.Tensor) else np.asarray(v)).tolist()
+                            for k, v in self.signal_sums.items()},
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoopState":
-        """Inverse of :meth:`to_dict`."""
-        arr = lambda v: None if v is None else np.asarray(v, dtype=np.float64)  # noqa: E731
+        """Inverse of :meth:`to_dict` (statistics stay dicts until the loop puts them on its device)."""
         return cls(iteration=d["iteration"], phase=None if d["phase"] is None else Phase.from_dict(d["phase"]),
                    phase_steps_done=d["phase_steps_done"], phase_steps=d["phase_steps"],
-                   phase_stats=arr(d["phase_stats"]), phases_started=d["phases_started"],
-                   log_stats=arr(d["log_stats"]),
-                   signal_sums={k: arr(v) for k, v in d["signal_sums"].items()})
+                   phase_stats=d["phase_stats"], phases_started=d["phases_started"], log_stats=d["log_stats"],
+                   signal_sums={k: np.asarray(v, dtype=np.float64) for k, v in d["signal_sums"].items()})
 
 
 @dataclass
@@ -100,14 +101,14 @@ class PhaseLoop:
     """Drives a Mixer through the run on one rank (all ranks run it in lock step)."""
 
     def __init__(self, mixer: Mixer, runner: StepRunner, blend: BlendedDataset, schedule: MixtureSchedule,
-                 evaluator: Evaluator, model, metrics: MetricsSink, train_iters: int, log_interval: int,
+                 evaluator: Evaluator, engine, metrics: MetricsSink, train_iters: int, log_interval: int,
                  eval_interval: int | None, hooks: LoopHooks, repetition: RepetitionTracker | None = None) -> None:
         self.mixer = mixer
         self.runner = runner
         self.blend = blend
         self.schedule = schedule
         self.evaluator = evaluator
-        self.model = model
+        self.engine = engine
         self.metrics = metrics
         self.train_iters = train_iters
         self.log_interval = log_interval
@@ -133,7 +134,7 @@ class PhaseLoop:
             if self.repetition:
                 self.repetition.check_phase(state.iteration)
         state.phase, state.phase_steps, state.phase_steps_done = phase, steps, 0
-        state.phase_stats = torch.zeros(3 * self.k, dtype=torch.float64, device=self.device)
+        state.phase_stats = DomainStats(self.k, self.device, self.runner.sample_signals(phase.signals))
         state.phases_started += 1
         self.metrics.record({"event": "phase", "step": state.iteration, "steps": steps, "kind": phase.kind,
                              "weights": self._named(weights), "evaluate": phase.evaluate, "info": phase.info})
@@ -141,16 +142,9 @@ class PhaseLoop:
     def _finish_phase(self, state: LoopState) -> None:
         phase = state.phase
         val = self._evaluate(state.iteration) if phase.evaluate else None
-        stats = _host(state.phase_stats)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            train_loss = np.where(stats[self.k:2 * self.k] > 0, stats[:self.k] / stats[self.k:2 * self.k], np.nan)
-            signals = {}
-            if "excess_loss" in phase.signals:
-                signals["excess_loss"] = np.where(stats[self.k:2 * self.k] > 0,
-                                                  stats[2 * self.k:] / stats[self.k:2 * self.k], 0.0)
-        for name, total in state.signal_sums.items():
-            signals[name] = np.asarray(total) / max(state.phase_steps, 1)
-        obs = Observation(step=state.iteration, steps=state.phase_steps, train_loss=train_loss, val_loss=val,
+        stats = state.phase_stats.to_cpu()
+        signals = self.runner.finish_signals(phase.signals, state.signal_sums, stats, state.phase_steps)
+        obs = Observation(step=state.iteration, steps=state.phase_steps, train_loss=stats.mean(), val_loss=val,
                           signals=signals)
         for event in self.mixer.observe(phase, obs):
             self.metrics.record(event)
@@ -159,7 +153,7 @@ class PhaseLoop:
         state.signal_sums = {}
 
     def _evaluate(self, iteration: int) -> np.ndarray:
-        val = self.evaluator.evaluate(self.model)
+        val = self.evaluator.evaluate(self.engine)
         self.metrics.record({"event": "eval", "step": iteration, "val_loss": self._named(val),
                              "val_ppl": self._named(perplexity(val)),
                              "avg_val_loss": float(np.nanmean(val))})
@@ -169,17 +163,17 @@ class PhaseLoop:
     def _train_one(self, state: LoopState) -> None:
         phase = state.phase
         t0 = time.perf_counter()
-        stats, extras = self.runner.run(state.iteration, loss_weights=phase.loss_weights, signals=phase.signals)
-        state.phase_stats[:stats.shape[0]] += stats  # stays on the device: no host sync per step
-        for name, values in extras.items():
-            state.signal_sums[name] = state.signal_sums.get(name, 0.0) + values
+        stats, values = self.runner.step(state.iteration, loss_weights=phase.loss_weights, signals=phase.signals)
+        state.phase_stats.add_(stats)  # stays on the device: no host sync per step
+        for name, value in values.items():
+            state.signal_sums[name] = state.signal_sums[name] + value if name in state.signal_sums else value
         state.phase_steps_done += 1
         state.iteration += 1
         if self.repetition:
             self.repetition.after_step(state.iteration)
         if state.log_stats is None:
-            state.log_stats = torch.zeros(2 * self.k, dtype=torch.float64, device=self.device)
-        state.log_stats += stats[:2 * self.k]
+            state.log_stats = DomainStats(self.k, self.device)
+        state.log_stats.add_(stats)
         self._interval[0] += 1
         self._interval[1] += time.perf_counter() - t0
         if state.iteration % self.log_interval == 0 or state.iteration == self.train_iters:
@@ -190,12 +184,10 @@ class PhaseLoop:
 
     def _log_train(self, state: LoopState) -> None:
         t0 = time.perf_counter()
-        log = _host(state.log_stats)  # the interval's one host sync; its wait is the tail of the steps' time
+        log = state.log_stats.to_cpu()  # the interval's one host sync; its wait is the tail of the steps' time
         steps, seconds = self._interval[0], self._interval[1] + time.perf_counter() - t0
-        sums, counts = log[:self.k], log[self.k:]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_domain = np.where(counts > 0, sums / counts, np.nan)
-        loss = float(sums.sum() / max(counts.sum(), 1))
+        per_domain = log.mean()
+        loss, counts = log.totals()
         step_time = seconds / steps if steps else float("nan")
         lay = self.runner.layout
         tokens_per_s = lay.global_batch_size * lay.seq_length / step_time
@@ -219,8 +211,9 @@ class PhaseLoop:
     # ------------------------------------------------------------------- run
     def run(self, state: LoopState) -> LoopState:
         """Train until ``train_iters`` (or an exit request); return the final state."""
-        state.phase_stats = _device(state.phase_stats, self.device)  # a restored state holds numpy
-        state.log_stats = _device(state.log_stats, self.device)
+        state.phase_stats = _stats(state.phase_stats, self.device)  # a restored state holds dicts
+        state.log_stats = _stats(state.log_stats, self.device)
+        state.signal_sums = {k: _on_device(v, self.device) for k, v in state.signal_sums.items()}
         while True:
             if state.phase is None:
                 if state.iteration >= self.train_iters:

@@ -22,7 +22,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _per_domain(event: dict, value: Any) -> dict | None:
-    """A list with one number per domain of an event that names its ``domains`` (Aioli's rounds), as a dict."""
+    """A list with one number per domain of an event that names its ``domains`` (a mixer's round record), as a dict."""
     domains = event.get("domains")
     if isinstance(value, list) and isinstance(domains, list) and len(value) == len(domains) and value \
             and all(isinstance(v, (int, float)) for v in value):

@@ -1,88 +1,89 @@
-"""The mixing flags: add them to a parser and turn parsed arguments into a MixingConfig.
+"""The mixing flags: generated from the registered methods' configs, parsed into a MixingConfig.
 
-Method-specific flags default to None so that a flag given for a method that is not
-running is reported as a contradiction instead of being silently ignored.
+Each method's flags come from its config dataclass (fields declared with
+``megamix.mixing.base.option``). They default to None here, so that a flag given for a
+method that is not running is reported as a contradiction instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Sequence
 
-from megamix.mixing.config import (METHODS, AioliConfig, DoGEConfig, DoReMiConfig, MixingConfig,
-                                   SkillItConfig)
+from megamix.mixing.config import MixingConfig
+from megamix.mixing.registry import import_plugins, method_names, method_spec
 from megamix.mixing.weights_file import read_weights_file
 
-# flag dest -> config field, per method
-_AIOLI = {"aioli_eta": "eta", "aioli_lp_rounds": "lp_rounds", "aioli_lp_steps": "lp_steps",
-          "aioli_one_hot_factor": "one_hot_factor", "aioli_ema": "ema", "aioli_normalize_a": "normalize_a",
-          "aioli_diagonal": "diagonal", "aioli_update": "update", "aioli_prior": "prior",
-          "aioli_prior_steps": "prior_steps", "aioli_loss_source": "loss_source"}
-_SKILLIT = {"skillit_graph": "graph", "skillit_eta": "eta", "skillit_window": "window"}
-_DOREMI = {"doremi_reference": "reference", "doremi_step_size": "step_size", "doremi_smoothing": "smoothing",
-           "doremi_update_steps": "phase_steps"}
-_DOGE = {"doge_mu": "mu", "doge_update_steps": "phase_steps"}
-_GROUPS = {"aioli": (_AIOLI, AioliConfig), "skillit": (_SKILLIT, SkillItConfig),
-           "doremi": (_DOREMI, DoReMiConfig), "doge": (_DOGE, DoGEConfig)}
+_PASSED = ("choices", "metavar", "type", "action")
 
 
-def _add_aioli(g: argparse._ArgumentGroup) -> None:
-    """Aioli's flags (MIXING.md)."""
-    g.add_argument("--aioli-eta", type=float, help="EG step size η (default 1.0)")
-    g.add_argument("--aioli-lp-rounds", type=int, help="probe sweeps k per round (default 2)")
-    g.add_argument("--aioli-lp-steps", type=int, help="steps s per probe (default 10)")
-    g.add_argument("--aioli-one-hot-factor", type=float, help="probe weight f in (1/K, 1] (default 0.75)")
-    g.add_argument("--aioli-ema", type=float, help="EMA γ on A (default off; the paper's runs used 0.1)")
-    g.add_argument("--aioli-normalize-a", action=argparse.BooleanOptionalAction, default=None,
-                   help="shift/scale A to a non-negative matrix summing to 1 (default on)")
-    g.add_argument("--aioli-diagonal", action="store_true", default=None, help="A = diag(B[j, j] / f)")
-    g.add_argument("--aioli-update", choices=("cumulative", "reset"), help="EG from current p or from the start")
-    g.add_argument("--aioli-prior", metavar="FILE", help="weights file of prior proportions")
-    g.add_argument("--aioli-prior-steps", type=int, help="steps trained on the prior before round 1")
-    g.add_argument("--aioli-loss-source", choices=("val", "train"), help="probe losses from val evals or train")
+def _argparse_kwargs(f: dataclasses.Field) -> dict:
+    """add_argument keywords of one option field (its type from the default when not declared)."""
+    meta = f.metadata
+    kwargs = {key: meta[key] for key in _PASSED if key in meta}
+    if "type" not in kwargs and "action" not in kwargs and f.default is not None:
+        kwargs["type"] = type(f.default)
+    if "action" not in kwargs and "choices" not in kwargs:
+        kwargs.setdefault("metavar", f.name.upper())
+    return {"help": meta["help"], "default": None, "dest": f.name, **kwargs}
 
 
-def _add_baselines(g: argparse._ArgumentGroup) -> None:
-    """Skill-It, DoReMi and DoGE flags."""
-    g.add_argument("--skillit-graph", metavar="FILE", help="skills graph JSON {domains, graph}")
-    g.add_argument("--skillit-eta", type=float, help="Skill-It step size η (default 0.2)")
-    g.add_argument("--skillit-window", type=int, help="evaluations summed per update (default 3)")
-    g.add_argument("--doremi-reference", metavar="DIR", help="checkpoint of the DoReMi reference model")
-    g.add_argument("--doremi-step-size", type=float, help="DoReMi step size μ (default 1.0)")
-    g.add_argument("--doremi-smoothing", type=float, help="DoReMi uniform smoothing c (default 1e-3)")
-    g.add_argument("--doremi-update-steps", type=int, help="steps between α updates (default 1)")
-    g.add_argument("--doge-mu", type=float, help="DoGE μ: log w += score/μ (default 0.01)")
-    g.add_argument("--doge-update-steps", type=int, help="steps between w updates (default 1)")
+def _option_fields(config: type | None) -> list[dataclasses.Field]:
+    """The fields of a method config that carry a flag."""
+    return [] if config is None else [f for f in dataclasses.fields(config) if "flag" in f.metadata]
+
+
+def import_plugin_flags(argv: Sequence[str]) -> None:
+    """Import the ``--mixing-plugin`` modules named in ``argv`` (before the parser lists the methods)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--mixing-plugin", action="append", default=[])
+    import_plugins(pre.parse_known_args(argv)[0].mixing_plugin)
 
 
 def add_mixing_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every mixing flag to ``parser`` (returned for chaining)."""
+    """Add the shared mixing flags and every registered method's flags to ``parser`` (returned)."""
     g = parser.add_argument_group("mixing")
-    g.add_argument("--mixing-method", choices=METHODS, default=None,
-                   help="default: static when --data-path has weights or --mixture-weights is given, "
-                        "else stratified")
-    g.add_argument("--mixing-update-interval", type=int, default=200, help="steps per phase / Aioli round U")
+    g.add_argument("--mixing-plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (on PYTHONPATH) to register its mixing methods; repeatable")
+    names = method_names()
+    g.add_argument("--mixing-method", choices=names, default=None,
+                   help="; ".join(f"{n}: {method_spec(n).summary}" for n in names)
+                   + ". Default: static when --data-path has weights or --mixture-weights is given, else stratified")
+    g.add_argument("--mixing-update-interval", type=int, default=200, help="steps per phase (a round of an online method)")
     g.add_argument("--mixture-weights", metavar="FILE", help="weights file for --mixing-method static")
     g.add_argument("--mixture-out", metavar="FILE", help="write the learned proportions here at the end")
-    _add_aioli(g)
-    _add_baselines(g)
+    for name in names:
+        fields = _option_fields(method_spec(name).config)
+        if fields:
+            group = parser.add_argument_group(f"mixing: {name}")
+            for f in fields:
+                kwargs = _argparse_kwargs(f)
+                kwargs["dest"] = _dest(name, f)
+                group.add_argument(f.metadata["flag"], **kwargs)
     return parser
 
 
-def _flag(dest: str) -> str:
-    """The command-line spelling of an argparse dest."""
-    return "--" + dest.replace("_", "-")
+def _dest(method: str, f: dataclasses.Field) -> str:
+    """The argparse dest of a method option (namespaced, so two methods may share a field name)."""
+    return f"mixing__{method}__{f.name}"
 
 
-def _method_config(args: argparse.Namespace, method: str, name: str):
-    """The config of method ``name`` from its flags; error when given for another method."""
-    fields, cls = _GROUPS[name]
-    given = {field: getattr(args, dest) for dest, field in fields.items() if getattr(args, dest, None) is not None}
-    if given and method != name:
-        flags = [_flag(d) for d, f in fields.items() if f in given]
-        raise ValueError(f"{', '.join(flags)} only apply to --mixing-method {name}, "
-                         f"but the method is {method}")
-    return cls(**given)
+def _options(args: argparse.Namespace, method: str):
+    """The running method's config from its flags; an error when another method's flag was given."""
+    for name in method_names():
+        if name == method:
+            continue
+        given = [f.metadata["flag"] for f in _option_fields(method_spec(name).config)
+                 if getattr(args, _dest(name, f), None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --mixing-method {name}, but the method is {method}")
+    config = method_spec(method).config
+    if config is None:
+        return None
+    values = {f.name: getattr(args, _dest(method, f)) for f in _option_fields(config)
+              if getattr(args, _dest(method, f), None) is not None}
+    return config(**values)
 
 
 def _static_weights(args: argparse.Namespace, data_path_weights: list[float] | None,
@@ -101,7 +102,7 @@ def mixing_config_from_args(args: argparse.Namespace, data_path_weights: list[fl
     """The MixingConfig of parsed ``args``.
 
     With ``domains`` (names), a --mixture-weights file is read and checked now; without,
-    its path is kept and build_mixer reads it by domain name.
+    its path is kept and the static method reads it by domain name when it is built.
     """
     weights = _static_weights(args, data_path_weights, domains)
     file = getattr(args, "mixture_weights", None)
@@ -112,5 +113,5 @@ def mixing_config_from_args(args: argparse.Namespace, data_path_weights: list[fl
         raise ValueError(f"{source} set static proportions, which contradicts --mixing-method {method}; "
                          f"drop them or use --mixing-method static")
     return MixingConfig(method=method, update_interval=args.mixing_update_interval, mixture_weights=weights,
-                        mixture_weights_file=pending, mixture_out=args.mixture_out,
-                        **{name: _method_config(args, method, name) for name in _GROUPS})
+                        mixture_weights_file=pending, mixture_out=args.mixture_out, options=_options(args, method),
+                        plugins=tuple(getattr(args, "mixing_plugin", ())))

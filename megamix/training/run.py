@@ -13,7 +13,7 @@ from megamix.data.blend import BlendedDataset
 from megamix.data.domain import build_domain_datasets
 from megamix.data.schedule import MixtureSchedule
 from megamix.mixing.base import MixerContext
-from megamix.mixing.registry import build_mixer
+from megamix.mixing.registry import build_mixer, method_spec
 from megamix.mixing.weights_file import write_weights_file
 from megamix.model.fused import announce
 from megamix.fileio import atomic_write_text
@@ -29,10 +29,9 @@ from megamix.training.metrics import MetricsSink
 from megamix.training.preemption import ExitSignalHandler
 from megamix.training.repetition import RepetitionTracker
 from megamix.training.wandb_writer import wandb_writer_for
-from megamix.training.reference import load_reference_model
 from megamix.training.report import test_report
 from megamix.training.resume import check_resume_config, refit_lr_schedule
-from megamix.training.signals import DomainGradScorer
+from megamix.training.signals import SignalEnv, build_providers
 from megamix.training.step import StepLayout, StepRunner
 from megamix.training.throughput import Throughput, peak_tflops
 
@@ -81,17 +80,13 @@ class Run:
         self.mixer = build_mixer(cfg.mixing, MixerContext(
             domains=tuple(self.domains), train_tokens=tuple(int(ds.num_tokens) for ds in self.train_sets),
             train_iters=tr.train_iters, global_batch_size=tr.global_batch_size, seed=tr.seed))
-        reference = None
-        if cfg.mixing.method == "doremi":
-            reference = load_reference_model(cfg.mixing.doremi.reference, cfg.model, dist_info.device)
         valid = build_domain_datasets(cfg.data, "valid")
         self.evaluator = Evaluator(valid, cfg.data.eval_samples_per_domain, tr.eval_batch, dist_info.rank,
                                    dist_info.world_size, dist_info.device)
-        scorer = None
-        if cfg.mixing.method == "doge":
-            scorer = DomainGradScorer(self.engine.module, self.blend, self.layout, dist_info.device,
-                                      self.evaluator.batches, tr.zero_stage)
-        self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device, reference, scorer,
+        env = SignalEnv(self.engine, self.layout, dist_info.device, cfg, self.evaluator.batches)
+        declared = method_spec(cfg.mixing.method).signals(cfg.mixing.options)
+        self.runner = StepRunner(self.engine, self.blend, self.layout, dist_info.device,
+                                 build_providers(dict(declared), env, cfg.mixing.options),
                                  prefetch=cfg.data.dataloader_prefetch)
         lg = cfg.logging
         self.metrics = MetricsSink(tr.save, dist_info.is_main, lg.tensorboard_dir, wandb_writer_for(

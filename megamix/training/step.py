@@ -1,4 +1,4 @@
-"""One optimizer step: this rank's micro-batches, the weighted objective, per-domain loss sums."""
+"""One optimizer step: this rank's micro-batches, the weighted objective, per-domain statistics, signals."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from megamix.data.blend import BlendedDataset
-from megamix.training.distributed import all_reduce_sum
-from megamix.training.loader import MicroBatch, StepLoader, load_micro_batch
-
-__all__ = ["StepLayout", "StepRunner", "load_micro_batch", "token_weights"]
+from megamix.training.distributed import to_host
+from megamix.training.domain_stats import DomainStats
+from megamix.training.loader import StepLoader
+from megamix.training.signals import SignalProvider
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def token_weights(domain_tokens: np.ndarray, loss_weights: np.ndarray | None) ->
     """Per-domain weight of one token's loss in the step objective (float64[K]).
 
     Plain objective: the token mean over the global batch, w_d = 1 / N. With per-domain
-    loss weights a (DoReMi's proxy): sum_d a_d * (mean token loss of domain d), so
+    loss weights a (a method's ``Phase.loss_weights``): sum_d a_d * (mean token loss of domain d), so
     w_d = a_d / N_d. ``domain_tokens`` (N_d) is known before the step from the blend (every
     token of a sample counts).
     """
@@ -56,64 +56,69 @@ def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
 class StepRunner:
     """Runs optimizer steps on a DeepSpeed engine and measures per-domain losses.
 
-    Each step returns one all-reduced float64 vector, left on the device (no host sync):
-    per-domain token-loss sums (K), token counts (K), and, when a reference model is set,
-    per-domain sums of the excess loss max(loss - reference loss, 0) (K) — one all-reduce
-    per step. Batches come from a prefetching :class:`StepLoader` (``prefetch`` steps ahead).
+    Each step returns its :class:`DomainStats` (per-domain token-loss sums, token counts and
+    the per-sample signals asked for), all-reduced in one call and left on the device (no
+    host sync), and the per-step signals, computed before the update by their providers.
+    Batches come from a prefetching :class:`StepLoader` (``prefetch`` steps ahead); the
+    step's batch is located once and handed to the loss weights, the micro-batches and
+    every signal provider.
     """
 
     def __init__(self, engine, blend: BlendedDataset, layout: StepLayout, device: torch.device,
-                 reference: torch.nn.Module | None = None, scorer=None, prefetch: int = 2) -> None:
+                 providers: dict[str, SignalProvider] | None = None, prefetch: int = 2) -> None:
         self.engine = engine
-        self.blend = blend
         self.layout = layout
         self.device = torch.device(device)
-        self.reference = reference
-        self.scorer = scorer
+        self.providers = providers or {}
         self.loader = StepLoader(blend, layout.global_batch_size, layout.micro_batch_size, layout.dp_rank,
                                  layout.dp_size, self.device, prefetch)
         self._seq = torch.full((layout.micro_batch_size,), float(layout.seq_length), dtype=torch.float64,
                                device=self.device)
 
-    def run(self, step: int, loss_weights: np.ndarray | None = None,
-            signals: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """Train optimizer step ``step`` (0-based).
+    def _provider(self, name: str) -> SignalProvider:
+        if name not in self.providers:
+            raise RuntimeError(f"a phase asked for the signal {name!r}, which the running method did not declare "
+                               f"(declared: {sorted(self.providers) or 'none'})")
+        return self.providers[name]
 
-        Returns the all-reduced statistics vector (on the device) and the requested signals
-        computed outside it (DoGE's gradient scores, taken before the update).
-        """
-        extras = {}
-        if "domain_grad_scores" in signals:
-            if self.scorer is None:
-                raise RuntimeError("the domain_grad_scores signal needs a DomainGradScorer")
-            extras["domain_grad_scores"] = self.scorer.scores(step, float(self.engine.get_lr()[0]))
-        return self._train(step, loss_weights, "excess_loss" in signals), extras
+    def sample_signals(self, signals: tuple[str, ...]) -> tuple[str, ...]:
+        """Those of ``signals`` that are summed per sample inside the step's statistics."""
+        return tuple(n for n in signals if self._provider(n).per_sample)
 
-    def _train(self, step: int, loss_weights: np.ndarray | None, want_excess: bool) -> torch.Tensor:
-        lay = self.layout
-        k = lay.num_domains
+    def finish_signals(self, signals: tuple[str, ...], sums: dict, stats: DomainStats,
+                       steps: int) -> dict[str, np.ndarray]:
+        """The phase's value of each signal (``Observation.signals``) from its sums and statistics."""
+        return {n: self._provider(n).finish(None if n not in sums else to_host(sums[n]), stats, steps)
+                for n in signals}
+
+    def step(self, step: int, loss_weights: np.ndarray | None = None,
+             signals: tuple[str, ...] = ()) -> tuple[DomainStats, dict[str, torch.Tensor]]:
+        """Train optimizer step ``step`` (0-based); its statistics and its per-step signal values."""
         batch = self.loader.get(step)
+        per_sample = self.sample_signals(signals)
+        values = {}
+        for name in signals:
+            if name not in per_sample:
+                value = self._provider(name).before_step(step, batch, float(self.engine.get_lr()[0]))
+                if value is not None:
+                    values[name] = value
+        return self._train(batch, loss_weights, per_sample), values
+
+    def _train(self, batch, loss_weights: np.ndarray | None, per_sample: tuple[str, ...]) -> DomainStats:
+        lay = self.layout
         w = _to_device(token_weights(batch.domain_tokens, loss_weights), self.device)
         scale = lay.dp_size * lay.grad_accum
-        stats = torch.zeros(3 * k if want_excess else 2 * k, dtype=torch.float64, device=self.device)
+        stats = DomainStats(lay.num_domains, self.device, per_sample)
         for mb in batch.micro_batches:
             losses = self.engine(mb.tokens, mb.labels)
-            per_sample = losses.sum(dim=1)
-            objective = (per_sample.double() * w[mb.domain_id]).sum() * scale
+            per_token_sum = losses.sum(dim=1)
+            objective = (per_token_sum.double() * w[mb.domain_id]).sum() * scale
             self.engine.backward(objective.float())
             self.engine.step()
-            stats[:k].index_add_(0, mb.domain_id, per_sample.detach().double())
-            stats[k:2 * k].index_add_(0, mb.domain_id, self._seq[:len(mb.domain_id)])
-            if want_excess:
-                stats[2 * k:].index_add_(0, mb.domain_id, self._excess(mb, losses.detach()))
-        return all_reduce_sum(stats)
-
-    @torch.no_grad()
-    def _excess(self, mb: MicroBatch, losses: torch.Tensor) -> torch.Tensor:
-        if self.reference is None:
-            raise RuntimeError("the excess_loss signal needs a reference model (--doremi-reference)")
-        ref = self.reference(mb.tokens, mb.labels)
-        return (losses - ref).clamp_min(0.0).sum(dim=1).double()
+            stats.add_tokens(mb.domain_id, per_token_sum.detach(), self._seq[:len(mb.domain_id)])
+            for name in per_sample:
+                stats.add_extra(name, mb.domain_id, self.providers[name].sample_values(mb, losses))
+        return stats.all_reduce()
 
     def close(self) -> None:
         """Stop the prefetching worker."""
