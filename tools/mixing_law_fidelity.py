@@ -15,13 +15,20 @@ Design (one process, CPU or one GPU, no DeepSpeed):
    constant learning rate the run had at the checkpoint (``--probe-lr`` overrides), on a
    BlendedDataset that continues the run's schedule: every probe reads the training
    samples that come after the run's last scheduled segment, so no probe trains on data
-   the checkpoint has seen. The optimizer state is fresh (the run's Adam moments are not
-   loaded), the iteration and LR schedule are not inherited. Evaluate L'_n; dL_n = L − L'_n.
-   Fresh moments make the first updates sign-like: at a high LR every probe can raise the
-   loss whatever its mixture (mid-run at LR 8e-4 on the quick benchmark's model), and A*
-   then says nothing; the tool warns when that happens — lower ``--probe-lr`` (1e-4 there).
+   the checkpoint has seen. Each probe's AdamW starts from the run's own Adam state at the
+   checkpoint (moments and step count, ``megamix.training.optim_state``; ZeRO 0–2 fp32
+   checkpoints), so its steps continue the run's; the LR schedule is not inherited.
+   ``--fresh-optimizer`` starts from fresh moments instead: their first updates are
+   sign-like, and at a high LR every probe can raise the loss whatever its mixture (the
+   tool warns; lower ``--probe-lr``). Evaluate L'_n; dL_n = L − L'_n.
 4. Fit A* by least squares, dL_n ≈ A* p_n (``law.fit_linear_dynamic``), report the law's
    R² on the probes, and the agreement of column sums: cosine and Spearman.
+5. Judge the two ways Aioli can estimate A at this checkpoint against A*: ``probes``,
+   A = B (Qᵀ)⁻¹ from the K probes at the q_j (one sweep of Aioli's LearnParams; these
+   probes are also among A*'s, which favours them), and ``gradient``, s · lr · ⟨v_i, P g_j⟩
+   averaged over ``--grad-steps`` batches at the uniform mixture, with P from the loaded
+   Adam state (``megamix.training.aioli_gradient``). For each: cosine and Spearman of the
+   column sums and of the whole matrix.
 
 Output: a table on stdout and, with ``--out FILE``, the whole report as JSON.
 The A being judged comes from the run's last round (Aioli) or last update; for a close
@@ -43,15 +50,18 @@ from megamix.data.blend import BlendedDataset  # noqa: E402
 from megamix.data.config import DataConfig, DomainSpec  # noqa: E402
 from megamix.data.domain import build_domain_datasets  # noqa: E402
 from megamix.data.schedule import MixtureSchedule  # noqa: E402
-from megamix.mixing import fidelity  # noqa: E402
+from megamix.mixing import fidelity, law  # noqa: E402
 from megamix.mixing.config import MixingConfig  # noqa: E402
 from megamix.fileio import atomic_write_json, read_json, read_jsonl  # noqa: E402
 from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
 from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
 from megamix.training.config import OptimizerConfig  # noqa: E402
 from megamix.training.engine import lr_at, param_groups  # noqa: E402
+from megamix.training.aioli_gradient import AioliGradientEstimator, ValidationDraws, summarize  # noqa: E402
 from megamix.training.evaluation import Evaluator  # noqa: E402
 from megamix.training.doremi_reference import load_state_dict_from_checkpoint  # noqa: E402
+from megamix.training.loader import StepBatch, read_micro_batch  # noqa: E402
+from megamix.training.optim_state import load_adam_state, optimizer_order, seed_adam  # noqa: E402
 
 
 class RunView:
@@ -94,15 +104,17 @@ class RunView:
 class ProbeTrainer:
     """Trains short probes from the checkpoint weights and measures per-domain validation loss."""
 
-    def __init__(self, run: RunView, lr: float, seed: int, device: torch.device) -> None:
+    def __init__(self, run: RunView, lr: float, seed: int, device: torch.device, fresh_optimizer: bool) -> None:
         self.run = run
         self.lr = lr
         self.seed = seed
         self.device = device
         self.state = load_state_dict_from_checkpoint(run.dir)
+        self.adam_state = None if fresh_optimizer else load_adam_state(
+            run.dir, run.tag, optimizer_order(GPT(run.model_cfg), run.opt_cfg.weight_decay))
         self.train_sets = build_domain_datasets(run.data_cfg, "train")
         self.schedule_dict = self.run.client["schedule"]
-        valid = build_domain_datasets(run.data_cfg, "valid")
+        valid = self.valid = build_domain_datasets(run.data_cfg, "valid")
         if not valid:
             raise ValueError(f"{run.dir}: the run's --split has no validation part; the report needs one")
         mbs = run.training["micro_batch_size"]
@@ -131,38 +143,100 @@ class ProbeTrainer:
         schedule.append(steps * self.run.training["global_batch_size"], weights)
         return BlendedDataset(self.train_sets, schedule), start
 
-    def train_probe(self, weights: np.ndarray, steps: int) -> GPT:
-        """The checkpoint model after ``steps`` AdamW steps on mixture ``weights``."""
-        torch.manual_seed(self.seed)
+    def model_and_optimizer(self) -> tuple[GPT, torch.optim.Optimizer]:
+        """The checkpoint model and an AdamW holding the run's Adam state (fresh with --fresh-optimizer)."""
         model = self.fresh_model().train()
         opt = self.run.opt_cfg
         optim = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=self.lr,
                                   betas=(opt.adam_beta1, opt.adam_beta2), eps=opt.adam_eps)
+        if self.adam_state is not None:
+            seed_adam(optim, dict(model.named_parameters()), self.adam_state)
+        return model, optim
+
+    def step_batches(self, weights: np.ndarray, steps: int):
+        """Each step's StepBatch (all micro-batches of the global batch) on mixture ``weights``."""
         blend, start = self._blend(weights, steps)
         gbs, mbs = self.run.training["global_batch_size"], self.run.training["micro_batch_size"]
         for step in range(steps):
-            optim.zero_grad(set_to_none=True)
             g0 = start + step * gbs
-            for m in range(0, gbs, mbs):
-                batch = blend.get_batch(np.arange(g0 + m, g0 + m + mbs))
-                tokens = torch.from_numpy(np.ascontiguousarray(batch["tokens"])).to(self.device)
-                labels = torch.from_numpy(np.ascontiguousarray(batch["labels"])).to(self.device)
-                loss = model(tokens, labels).sum() / (gbs * tokens.shape[1])
+            micro = [read_micro_batch(blend, np.arange(g0 + m, g0 + m + mbs)).to(self.device)
+                     for m in range(0, gbs, mbs)]
+            yield StepBatch(step, micro, np.zeros(len(self.train_sets)))
+
+    def train_probe(self, weights: np.ndarray, steps: int) -> GPT:
+        """The checkpoint model after ``steps`` AdamW steps on mixture ``weights``."""
+        torch.manual_seed(self.seed)
+        model, optim = self.model_and_optimizer()
+        opt = self.run.opt_cfg
+        gbs = self.run.training["global_batch_size"]
+        for batch in self.step_batches(weights, steps):
+            optim.zero_grad(set_to_none=True)
+            for mb in batch.micro_batches:
+                loss = model(mb.tokens, mb.labels).sum() / (gbs * mb.tokens.shape[1])
                 loss.backward()
             if opt.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip_grad)
             optim.step()
         return model
 
+    def gradient_a(self, steps: int) -> tuple[np.ndarray | None, int]:
+        """Aioli's gradient estimate of A per optimizer step (mean over ``steps`` uniform batches) and the
+        steps it took; None without the run's Adam state (--fresh-optimizer: no preconditioner)."""
+        model, optim = self.model_and_optimizer()
+        k, mbs = len(self.train_sets), self.run.training["micro_batch_size"]
+        draws = ValidationDraws(self.valid, self.run.data_cfg.eval_samples_per_domain, mbs, 0, 1)
+        est = AioliGradientEstimator(model, optim, k, self.device, draws, mbs, 1, 0)
+        values = [est.before_step(n + 1, batch, self.lr)
+                  for n, batch in enumerate(self.step_batches(np.full(k, 1.0 / k), steps))]
+        values = [v.cpu().numpy() for v in values if v is not None]
+        if not values:
+            return None, 0
+        got = summarize(np.sum(values, axis=0))
+        return got.a, got.steps
+
+
+def compare(a: np.ndarray | None, a_star: np.ndarray) -> dict:
+    """Cosine and Spearman of column sums and of the whole matrix, of an estimate ``a`` against A*."""
+    if a is None or not np.all(np.isfinite(a)):
+        return {"A": None if a is None else a.tolist(), "cosine_column_sums": None, "spearman_column_sums": None,
+                "cosine_matrix": None, "spearman_matrix": None}
+    cols, star_cols = a.sum(axis=0), a_star.sum(axis=0)
+    return {"A": a.tolist(), "cosine_column_sums": fidelity.cosine(cols, star_cols),
+            "spearman_column_sums": fidelity.spearman(cols, star_cols), "cosine_matrix": fidelity.cosine(a, a_star),
+            "spearman_matrix": fidelity.spearman(a.ravel(), a_star.ravel())}
+
+
+def estimator_report(trainer: ProbeTrainer, p: np.ndarray, dl: np.ndarray, a_star: np.ndarray,
+                     cfg: fidelity.FidelityConfig, grad_steps: int) -> dict:
+    """Aioli's two estimators of A at the checkpoint, each judged against A* (see step 5 above).
+
+    The judge is A* fitted from the probes other than the q_j when there are at least K of
+    them (the probes estimator is built from the q_j), else A* from all probes.
+    """
+    k = a_star.shape[0]
+    held_out = len(p) - k >= k
+    judge = fidelity.fit_a_star(p[k:], dl[k:])[0] if held_out else a_star
+    a_probes = law.solve_a(dl[:k].T, p[:k], f=cfg.one_hot_factor)
+    t0 = time.perf_counter()
+    a_grad, steps = trainer.gradient_a(grad_steps)
+    grad_seconds = time.perf_counter() - t0
+    gradient = compare(None if a_grad is None else a_grad * cfg.probe_steps, judge)
+    gradient.update({"steps": steps, "seconds": grad_seconds,
+                     "note": None if a_grad is not None else "no Adam state (--fresh-optimizer): no preconditioner"})
+    return {"judge": "A* from the held-out probes" if held_out else
+            "A* from all probes (fewer than K held out: favours the probes estimator)",
+            "a_star_judge": judge.tolist(), "probes": compare(a_probes, judge), "gradient": gradient}
+
 
 def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | None = None,
-               probe_lr: float | None = None, a_key: str | None = None, log=print) -> dict:
-    """Train the probes, fit A*, compare with the run's A; the report as a dict."""
+               probe_lr: float | None = None, a_key: str | None = None, log=print, fresh_optimizer: bool = False,
+               grad_steps: int = 4) -> dict:
+    """Train the probes, fit A*, compare with the run's A and with Aioli's two estimators; the report as a dict."""
     run = RunView(run_dir, eval_samples)
     own, source = fidelity.method_a(run.method, run.events, run.options(), a_key)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     lr = run.lr() if probe_lr is None else probe_lr
-    trainer = ProbeTrainer(run, lr, cfg.seed, device)
+    trainer = ProbeTrainer(run, lr, cfg.seed, device, fresh_optimizer)
     p = fidelity.probe_design(len(run.domains), cfg)
     t0 = time.perf_counter()
     before = trainer.evaluate(trainer.fresh_model())
@@ -173,7 +247,8 @@ def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | N
         log(f"probe {n + 1}/{len(p)} p={np.round(weights, 3).tolist()} avg dL={float(np.mean(dl[-1])):.4f}")
     dl = np.asarray(dl)
     if np.all(dl.mean(axis=1) < 0):
-        log(f"warning: every probe raised the loss at LR {lr:.3g} (fresh Adam moments); A* is unreliable, "
+        moments = "fresh Adam moments" if fresh_optimizer else "the run's Adam state"
+        log(f"warning: every probe raised the loss at LR {lr:.3g} ({moments}); A* is unreliable, "
             "try a lower --probe-lr")
     a_star, r2 = fidelity.fit_a_star(p, dl)
     report = {"run": os.path.abspath(run_dir), "checkpoint": run.tag, "iteration": run.iteration,
@@ -181,10 +256,24 @@ def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | N
               "method_a": own.tolist(), "a_star": a_star.tolist(), "law_r2": r2,
               "probe_mixtures": p.tolist(), "probe_loss_decrease": dl.tolist(), "val_loss_before": before.tolist(),
               "probe_steps": cfg.probe_steps, "probe_lr": lr, "seed": cfg.seed,
+              "optimizer_state": "fresh" if fresh_optimizer else "run",
+              "estimators": estimator_report(trainer, p, dl, a_star, cfg, grad_steps),
               "eval_samples_per_domain": run.data_cfg.eval_samples_per_domain,
               "seconds": time.perf_counter() - t0, "evaluations": trainer.evals}
     report.update(fidelity.agreement(own, a_star))
     return report
+
+
+def estimator_table(estimators: dict) -> str:
+    """Aioli's estimators against A*: one row per estimator, one column per agreement score."""
+    keys = ("cosine_column_sums", "spearman_column_sums", "cosine_matrix", "spearman_matrix")
+    lines = [f"{'estimator vs A*':<16}" + "".join(f"{k.replace('_column_sums', ' cols').replace('_matrix', ' A'):>15}"
+                                                  for k in keys)]
+    for name in ("probes", "gradient"):
+        rep = estimators[name]
+        lines.append(f"{name:<16}" + "".join(f"{'n/a' if rep[k] is None else format(rep[k], '.4f'):>15}"
+                                             for k in keys))
+    return "\n".join(lines + [f"judge: {estimators['judge']}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-lr", type=float, default=None, help="default: the run's LR at the checkpoint")
     ap.add_argument("--a-key", choices=("A", "A_normalized", "E"), default=None,
                     help="which Aioli matrix to judge (default A_normalized, or A when normalisation is off)")
+    ap.add_argument("--fresh-optimizer", action="store_true",
+                    help="probes start from fresh Adam moments instead of the run's (no gradient estimate then)")
+    ap.add_argument("--grad-steps", type=int, default=4,
+                    help="uniform-mixture batches the gradient estimate of A averages (default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
@@ -206,13 +299,17 @@ def main(argv: list[str] | None = None) -> int:
         k = len(read_json(config, config)["domains"])
         cfg = fidelity.FidelityConfig(num_probes=args.num_probes or 2 * k + 2, probe_steps=args.probe_steps,
                                       one_hot_factor=args.one_hot_factor, seed=args.seed)
-        report = run_report(args.run, cfg, args.eval_samples_per_domain, args.probe_lr, args.a_key)
+        if args.grad_steps < 1:
+            raise ValueError(f"--grad-steps must be >= 1, got {args.grad_steps}")
+        report = run_report(args.run, cfg, args.eval_samples_per_domain, args.probe_lr, args.a_key,
+                            fresh_optimizer=args.fresh_optimizer, grad_steps=args.grad_steps)
     except (ValueError, FileNotFoundError) as err:
         print(f"mixing_law_fidelity: error: {err}", file=sys.stderr)
         return 2
     print(f"law fidelity of {report['run']} ({report['method']}, {report['method_a_source']}; "
           f"A* from {len(report['probe_mixtures'])} probes of {report['probe_steps']} steps at {report['checkpoint']})")
     print(fidelity.format_table(report["domains"], report))
+    print(estimator_table(report["estimators"]))
     if args.out:
         atomic_write_json(args.out, report)
         print(f"wrote {args.out}")

@@ -1,0 +1,295 @@
+"""Aioli's A without probes: the first-order law from per-domain gradients (MIXING.md).
+
+One optimizer step Δθ = −lr · P · Σ_j p_j g_j changes the validation loss of domain i by
+ΔL_i ≈ −lr Σ_j p_j ⟨∇L_i^val, P g_j⟩, so the linear dynamic law's per-step coefficient is
+
+    A[i, j] = lr · ⟨v_i, P g_j⟩,
+
+with g_j the gradient of domain j's mean training token loss, v_i the gradient of domain
+i's mean validation token loss and P = diag(1 / (√v̂ + ε)) Adam's preconditioner, read from
+the optimizer's own state (v̂ = exp_avg_sq / (1 − β₂ᵗ), t and ε the optimizer's). The
+estimate is taken with the parameters before the update, every ``interval`` steps; the
+round trains at p throughout.
+
+What is left out of the first-order picture: Adam's momentum spreads this step's gradient
+over later steps with weights that sum to one (so lr·P·g is its whole effect while lr
+and P change slowly), gradient clipping scales every column alike (normalisation removes
+it), and decoupled weight decay does not depend on the mixture.
+
+**Across ranks.** The products are bilinear, so summed gradients cannot be split per rank.
+Each rank r forms its own estimate X_r[i, j] = ⟨v_i^r, P g_j^r⟩ with g_j^r the gradient of
+the mean loss of *its own* samples of domain j in this step's batch and v_i^r that of its
+own validation micro-batch of domain i (different samples on every rank, rotating with the
+step). The ranks' matrices are averaged in one all-reduce of a (K+1)×(K+1) tensor that
+also carries per-domain presence counts: a domain with no samples on a rank contributes
+nothing there, and column j is averaged over the ranks that had domain j. With validation
+and training samples independent, each X_r is an unbiased estimate of ⟨E v_i, P E g_j⟩,
+so the average is too (on one rank it is the exact product). P is the same on every rank
+(ZeRO 0 holds it whole; at ZeRO 1–2 each parameter's state is gathered from its
+partitions, one all-reduce per parameter tensor). ZeRO 3 is refused: per-domain autograd
+needs whole parameters.
+
+**Per-step value** (what :meth:`AioliGradientEstimator.before_step` returns, float64
+(K+1)×(K+1), identical on every rank): ``[:K, :K]`` lr·⟨v_i, P g_j⟩ averaged over the ranks
+with domain j (0 where no rank had it), ``[K, :K]`` 1 where some rank had domain j,
+``[:K, K]`` the mean validation loss of domain i's micro-batches, ``[K, K]`` 1. Summed over
+a round's estimated steps, :func:`summarize` turns the sum into A (columns divided by their
+own step counts), the mean micro-batch validation losses and the number of steps estimated.
+
+Memory: K preconditioned training gradients in the parameters' dtype, one validation
+gradient being dotted, and P in float32; refused before training when they cannot fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from megamix.training.distributed import all_reduce_sum
+from megamix.training.signals import check_buffer_fits
+
+
+def flat_grad(loss: torch.Tensor, params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """d loss / d params as one flat vector in ``dtype`` (zeros for unused parameters)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                      for g, p in zip(grads, params)])
+
+
+def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrappers (following ``.optimizer``)."""
+    inner = optimizer
+    for _ in range(4):
+        if isinstance(inner, torch.optim.Optimizer):
+            return inner
+        inner = getattr(inner, "optimizer", None)
+    raise ValueError(f"--aioli-estimator gradient: found no torch optimizer in {type(optimizer).__name__}")
+
+
+class IdentityPreconditioner:
+    """Plain SGD's preconditioner, P = I."""
+
+    def flat(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """P as a scalar 1 (it broadcasts over the flat gradient)."""
+        return torch.ones((), dtype=dtype, device=device)
+
+
+class AdamPreconditioner:
+    """Adam's diag(1/(√v̂ + ε)) for each parameter of ``params``, read from ``optimizer``'s actual state.
+
+    ``adam`` is the torch optimizer inside ``optimizer``, which is a torch Adam/AdamW or
+    what a DeepSpeed engine holds at ZeRO 0–2
+    (``engine.optimizer``): its own state at ZeRO 0 in fp32, the fp32 master copies of
+    DeepSpeed's 16-bit wrapper at ZeRO 0, and DeepSpeed's partitioned state at ZeRO 1–2
+    (``deepspeed.utils.safe_get_full_optimizer_state``, a collective: every rank calls
+    :meth:`flat` together).
+    """
+
+    def __init__(self, optimizer, adam: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+        self.wrapper = optimizer
+        self.adam = adam
+        self.params = params
+        self.master = self._master_copies()
+        group = self.adam.param_groups[0]
+        self.beta2, self.eps = float(group["betas"][1]), float(group["eps"])
+
+    def _master_copies(self) -> dict[int, torch.Tensor]:
+        """id(model parameter) -> its fp32 master copy in DeepSpeed's 16-bit ZeRO-0 wrapper (else empty)."""
+        low, high = getattr(self.wrapper, "fp16_groups", None), getattr(self.wrapper, "fp32_groups", None)
+        if not low or not high:
+            return {}
+        return {id(p): q for lg, hg in zip(low, high) for p, q in zip(lg, hg)}
+
+    def steps(self) -> int:
+        """Adam's step count t (0 before its first update)."""
+        for state in self.adam.state.values():
+            if "step" in state:
+                return int(state["step"])
+        return 0
+
+    def _exp_avg_sq(self, p: torch.Tensor) -> torch.Tensor:
+        if hasattr(p, "_hp_mapping"):  # ZeRO 1-2 (and DeepSpeed's bf16 optimizer): gathered from partitions
+            from deepspeed.utils import safe_get_full_optimizer_state
+
+            return safe_get_full_optimizer_state(p, "exp_avg_sq")
+        if hasattr(p, "ds_id"):
+            raise ValueError("--aioli-estimator gradient needs whole parameters on every rank: "
+                             "use --zero-stage 0, 1 or 2")
+        q = self.master.get(id(p), p)
+        if q not in self.adam.state:
+            raise ValueError(f"--aioli-estimator gradient: the optimizer has no state for a parameter of shape "
+                             f"{tuple(p.shape)} (is it trained by this optimizer?)")
+        return self.adam.state[q]["exp_avg_sq"]
+
+    def flat(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """P as one flat vector in ``dtype``, in the order of ``params``; None before Adam's first update."""
+        t = self.steps()
+        if t == 0:
+            return None
+        correction = 1.0 - self.beta2 ** t
+        parts = [self._exp_avg_sq(p).reshape(-1).to(device, dtype) for p in self.params]
+        v_hat = torch.cat(parts) / correction
+        return 1.0 / (v_hat.sqrt_() + self.eps)
+
+
+def make_preconditioner(optimizer, params: list[torch.Tensor]):
+    """The preconditioner of ``optimizer`` (Adam-type: its state; torch SGD without momentum: identity)."""
+    inner = _torch_optimizer(optimizer)
+    group = inner.param_groups[0]
+    if "betas" in group and "eps" in group:
+        return AdamPreconditioner(optimizer, inner, params)
+    if isinstance(inner, torch.optim.SGD) and not group.get("momentum"):
+        return IdentityPreconditioner()
+    raise ValueError(f"--aioli-estimator gradient knows the preconditioner of Adam-type optimizers and plain SGD, "
+                     f"not {type(inner).__name__}: use --aioli-estimator probes")
+
+
+class ValidationDraws:
+    """Per-domain validation micro-batches that rotate with the estimate and differ between ranks.
+
+    Domain i's pool is its first ``num_samples`` validation samples (the run's eval set);
+    estimate e on rank r reads pool positions (e·R + r)·B … (e·R + r)·B + B − 1, wrapped.
+    """
+
+    def __init__(self, datasets: list, num_samples: int | None, micro_batch_size: int, rank: int,
+                 world_size: int) -> None:
+        self.datasets = datasets
+        self.sizes = [len(ds) if num_samples is None else min(num_samples, len(ds)) for ds in datasets]
+        empty = [ds.name for ds, n in zip(datasets, self.sizes) if n == 0]
+        if empty:
+            raise ValueError(f"--aioli-estimator gradient needs validation samples of every domain; none for "
+                             f"{empty} (raise the validation part of --split)")
+        self.mbs, self.rank, self.world = micro_batch_size, rank, world_size
+
+    def batch(self, domain: int, estimate: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+        """(tokens, labels, loss mask) of domain ``domain``'s micro-batch for estimate number ``estimate``."""
+        first = (estimate * self.world + self.rank) * self.mbs
+        ks = [(first + m) % self.sizes[domain] for m in range(self.mbs)]
+        items = [self.datasets[domain][k] for k in ks]
+        stack = [torch.from_numpy(np.stack([s[key] for s in items])) for key in ("tokens", "labels", "loss_mask")]
+        return stack[0].long().to(device), stack[1].long().to(device), stack[2].float().to(device)
+
+
+@dataclass
+class GradientEstimate:
+    """A round's (or phase's) gradient estimate of A, from the sum of per-step values."""
+
+    a: np.ndarray
+    """(K, K) per-step coefficient lr·⟨v_i, P g_j⟩, mean over the steps that saw column j (NaN: none)."""
+    column_steps: np.ndarray
+    """(K,) estimated steps in which some rank had training samples of domain j."""
+    val_loss: np.ndarray
+    """(K,) mean loss of the validation micro-batches used (NaN when no step was estimated)."""
+    steps: int
+    """Steps whose estimate was taken."""
+
+
+def summarize(total: np.ndarray) -> GradientEstimate:
+    """The estimate from the sum of :meth:`AioliGradientEstimator.before_step` values."""
+    total = np.asarray(total, dtype=np.float64)
+    k = total.shape[0] - 1
+    seen, steps = total[k, :k], int(round(total[k, k]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(seen > 0, total[:k, :k] / np.maximum(seen, 1), np.nan)
+        val = total[:k, k] / steps if steps else np.full(k, np.nan)
+    return GradientEstimate(a, seen, val, steps)
+
+
+class AioliGradientEstimator:
+    """Per-step estimates of Aioli's A from per-domain gradients (see the module docstring)."""
+
+    def __init__(self, module: torch.nn.Module, optimizer, num_domains: int, device: torch.device,
+                 validation: ValidationDraws, micro_batch_size: int, interval: int, zero_stage: int) -> None:
+        if zero_stage >= 3:
+            raise ValueError("--aioli-estimator gradient needs whole parameters on every rank (per-domain "
+                             "autograd): use --zero-stage 0, 1 or 2, or --aioli-estimator probes")
+        if interval < 1:
+            raise ValueError(f"--aioli-grad-interval must be >= 1, got {interval}")
+        self.module = module
+        self.k = num_domains
+        self.device = torch.device(device)
+        self.validation = validation
+        self.mbs = micro_batch_size
+        self.interval = interval
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.dtype = self.params[0].dtype
+        self.work = torch.promote_types(self.dtype, torch.float32)  # P, and P g before it is stored
+        self.numel = sum(p.numel() for p in self.params)
+        self.preconditioner = make_preconditioner(optimizer, self.params)
+        extra = -(-self.work.itemsize // self.dtype.itemsize)  # P in at least float32
+        check_buffer_fits(num_domains + 1 + extra, self.numel, self.dtype, self.device, "--aioli-estimator gradient")
+
+    def before_step(self, step: int, batch, lr: float) -> torch.Tensor | None:
+        """The (K+1)×(K+1) value of optimizer step ``step`` (all-reduced), or None when not estimated.
+
+        Called with the parameters before the update. Steps off the interval are skipped, and
+        so is step 0 (no update yet, so no preconditioner).
+        """
+        if step % self.interval or step == 0:
+            return None
+        p_flat = self.preconditioner.flat(self.device, self.work)
+        if p_flat is None:
+            return None
+        was_training = self.module.training
+        self.module.train()
+        local = self._local(step // self.interval, batch, p_flat)
+        self.module.train(was_training)
+        return self._combine(all_reduce_sum(local), lr)
+
+    def _local(self, estimate: int, batch, p_flat: torch.Tensor) -> torch.Tensor:
+        """This rank's products, presence and validation losses, laid out as the all-reduced tensor."""
+        k = self.k
+        out = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=self.device)
+        pg, present = self.preconditioned_domain_grads(batch.micro_batches, p_flat)
+        for i in range(k):
+            v, out[i, k] = self._val_grad(i, estimate)
+            for j in np.flatnonzero(present):
+                out[i, j] = torch.dot(pg[j].double(), v.double())
+        out[k, :k] = torch.from_numpy(present.astype(np.float64))
+        out[k, k] = 1.0
+        return out
+
+    def preconditioned_domain_grads(self, micro_batches: list, p_flat: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                               np.ndarray]:
+        """P g_j^r for each domain j (K × numel, parameters' dtype) and which domains this rank has.
+
+        g_j^r is the gradient of the mean token loss of this rank's samples of domain j,
+        taken over the given micro-batches regrouped by domain (micro_batch_size per pass).
+        """
+        windows = torch.cat([mb.windows for mb in micro_batches])
+        domain_id = torch.cat([mb.domain_id for mb in micro_batches]).to(windows.device)
+        grads = torch.zeros(self.k, self.numel, dtype=self.dtype, device=self.device)
+        present = np.zeros(self.k, dtype=bool)
+        for d in range(self.k):
+            rows = windows[domain_id == d]
+            if rows.shape[0] == 0:
+                continue
+            present[d] = True
+            tokens = rows.shape[0] * (rows.shape[1] - 1)
+            for start in range(0, rows.shape[0], self.mbs):
+                chunk = rows[start:start + self.mbs]
+                losses = self.module(chunk[:, :-1], chunk[:, 1:])
+                grads[d] += flat_grad(losses.sum() / tokens, self.params, self.dtype)
+            grads[d] = (grads[d].to(self.work) * p_flat).to(self.dtype)
+        return grads, present
+
+    def _val_grad(self, domain: int, estimate: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, labels, mask = self.validation.batch(domain, estimate, self.device)
+        losses = self.module(tokens, labels)
+        losses = losses * mask.to(losses.dtype)
+        mean = losses.sum() / mask.sum().clamp_min(1.0)
+        return flat_grad(mean, self.params, self.dtype), mean.detach().double()
+
+    def _combine(self, summed: torch.Tensor, lr: float) -> torch.Tensor:
+        """Average the ranks' products over the ranks that had each domain; scale by lr."""
+        k = self.k
+        ranks = summed[k, :k]
+        out = summed.clone()
+        out[:k, :k] = lr * summed[:k, :k] / ranks.clamp_min(1.0)
+        out[k, :k] = (ranks > 0).double()
+        out[:k, k] = summed[:k, k] / summed[k, k]
+        out[k, k] = 1.0
+        return out
