@@ -41,10 +41,10 @@ class LinearLawEnv:
         self.trained.append((np.asarray(p).tolist(), steps))
         if steps == 0:
             return np.full(k, np.nan), {}
-        sums, sig = np.zeros(k), {name: np.zeros(k) for name in signals}
+        sums, sig = np.zeros(k), {}
         for _ in range(steps):
             for name in signals:
-                sig[name] += self.signal_fns[name](p, self.loss)
+                sig[name] = sig.get(name, 0.0) + np.asarray(self.signal_fns[name](p, self.loss), dtype=np.float64)
             sums += self.step(p)
         train = np.where(np.asarray(p) > 0, sums / steps, np.nan)
         return train, {name: v / steps for name, v in sig.items()}
@@ -78,7 +78,8 @@ def drive(mixer: Mixer, env: LinearLawEnv, total_steps: int, roundtrip: bool = F
         val = env.evaluate() if phase.evaluate else None
         if record is not None:
             record.append({"step": step, "kind": phase.kind, "steps": steps, "weights": phase.weights.tolist(),
-                           "loss_weights": None if phase.loss_weights is None else phase.loss_weights.tolist()})
+                           "loss_weights": None if phase.loss_weights is None else phase.loss_weights.tolist(),
+                           "signals": list(phase.signals)})
         events += mixer.observe(phase, Observation(step, steps, train, val, signals))
         for ev in events:
             assert "event" in ev

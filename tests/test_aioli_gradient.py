@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from megamix.training.aioli_gradient import (AioliGradientEstimator, ValidationDraws, make_preconditioner,
-                                             summarize)
+from megamix.mixing.aioli import gradient_estimate
+from megamix.training.aioli_gradient import AioliGradientEstimator, ValidationDraws, make_preconditioner
 from megamix.training.loader import MicroBatch, StepBatch
 
 K, N, VOCAB, SEQ, MBS = 3, 16, 30, 4, 2
@@ -94,7 +94,7 @@ def test_sgd_estimate_is_the_closed_form_and_predicts_the_step():
     est, draws = estimator_for(model, opt)
     batch = make_batch([0, 0, 1, 2, 2, 2])
     value = est.before_step(3, batch, lr)
-    got = summarize(value.numpy())
+    got = gradient_estimate(value.numpy(), K)
     want = closed_form_a(model, batch, draws, 3, torch.ones(N, dtype=torch.float64), lr)
     np.testing.assert_allclose(got.a, want, rtol=1e-12)
     assert got.steps == 1 and got.column_steps.tolist() == [1, 1, 1]
@@ -122,7 +122,7 @@ def test_adam_estimate_uses_the_optimizer_state():
     est, draws = estimator_for(model, opt, interval=2)
     batch = make_batch([2, 0, 0, 2])  # no domain 1 on this rank
     assert est.before_step(5, batch, 0.01) is None  # off the interval
-    got = summarize(est.before_step(4, batch, 0.01).numpy())
+    got = gradient_estimate(est.before_step(4, batch, 0.01).numpy(), K)
     v_hat = opt.state[model.theta]["exp_avg_sq"] / (1 - 0.95 ** 3)
     p = 1.0 / (v_hat.sqrt() + 1e-8)
     want = closed_form_a(model, batch, draws, 2, p, 0.01)
@@ -142,7 +142,7 @@ def test_a_round_sum_averages_each_column_over_its_own_steps():
     est, _ = estimator_for(model, torch.optim.SGD(model.parameters(), lr=0.1))
     first = est.before_step(1, make_batch([0, 1, 2, 2], seed=1), 0.1).numpy()
     second = est.before_step(2, make_batch([0, 0, 2, 2], seed=2), 0.1).numpy()
-    got = summarize(first + second)
+    got = gradient_estimate(first + second, K)
     assert got.steps == 2 and got.column_steps.tolist() == [2, 1, 2]
     np.testing.assert_allclose(got.a[:, 1], first[:3, 1])
     np.testing.assert_allclose(got.a[:, 0], (first[:3, 0] + second[:3, 0]) / 2)

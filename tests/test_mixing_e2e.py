@@ -265,3 +265,44 @@ def test_sweep_fit_dml_then_static(data, tmp_path):
     static = _run((prefixes[:2], cache), tmp_path / "static", 10, **{"--mixture-weights": fit, "--skip-test": True})
     for w in check_weights(static, 10):
         np.testing.assert_allclose(w, fitted["weights"], atol=1e-12)
+
+
+# ------------------------------------------------------- Aioli's gradient estimator
+GRAD = {"--mixing-method": "aioli", "--aioli-estimator": "gradient", "--aioli-grad-interval": 2,
+        "--mixing-update-interval": 8, "--aioli-ema": 0.1, "--aioli-eta": 0.2, "--aioli-update": "reset",
+        "--skip-test": True}
+
+
+def _check_gradient_rounds(run: str, rounds: int) -> None:
+    """Whole rounds trained at p (no probe phase), each with a finite A from its estimated steps."""
+    recs = events(run, "aioli_round")
+    assert len(recs) == rounds and all(r["estimator"] == "gradient" and "skipped" not in r for r in recs)
+    assert all(r["estimated_steps"] == 4 - (r["round"] == 0) for r in recs)  # steps 2,4,6 in round 0 (not 0)
+    assert all(np.all(np.isfinite(r["A"])) for r in recs)
+    assert {ph["kind"] for ph in events(run, "phase")} == {"train"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 2])
+def test_aioli_gradient_estimator_on_two_ranks(data, tmp_path, stage):
+    """Two gloo ranks: every rank reaches the same A (the loop's broadcast-and-check of each round's
+    weights would stop the run otherwise), read from the optimizer's state at ZeRO 0 and 2."""
+    run = _run(data, tmp_path / f"grad{stage}", 16, **GRAD, **{"--zero-stage": stage})
+    check_weights(run, 16)
+    _check_gradient_rounds(run, 2)
+    weights = [r["weights"] for r in events(run, "aioli_round")]
+    assert not np.allclose(weights[0], 1 / 3)  # the estimate moved p
+
+
+@pytest.mark.slow
+def test_aioli_gradient_resume_mid_round_is_exact(data, tmp_path):
+    prefixes, cache = data
+    over = {**GRAD, "--save-interval": 3}
+    ref = _run(data, tmp_path / "ref", 24, **over)
+    run = str(tmp_path / "killed")
+    args = tiny_args(prefixes, run, cache, iters=24, **over)
+    launch_and_crash(args, crash_after_step=10)  # last checkpoint at 9: round 1, one estimate summed
+    assert f"resumed from {run}/iter_0000009 at iteration 9" in launch(args).stdout
+    _check_gradient_rounds(run, 3)
+    assert strip_timing(events(run, "aioli_round")) == strip_timing(events(ref, "aioli_round"))
+    assert strip_timing(read_metrics(run)) == strip_timing(read_metrics(ref))

@@ -57,7 +57,8 @@ from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
 from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
 from megamix.training.config import OptimizerConfig  # noqa: E402
 from megamix.training.engine import lr_at, param_groups  # noqa: E402
-from megamix.training.aioli_gradient import AioliGradientEstimator, ValidationDraws, summarize  # noqa: E402
+from megamix.mixing.aioli import gradient_estimate  # noqa: E402
+from megamix.training.aioli_gradient import AioliGradientEstimator, ValidationDraws  # noqa: E402
 from megamix.training.evaluation import Evaluator  # noqa: E402
 from megamix.training.doremi_reference import load_state_dict_from_checkpoint  # noqa: E402
 from megamix.training.loader import StepBatch, read_micro_batch  # noqa: E402
@@ -191,7 +192,7 @@ class ProbeTrainer:
         values = [v.cpu().numpy() for v in values if v is not None]
         if not values:
             return None, 0
-        got = summarize(np.sum(values, axis=0))
+        got = gradient_estimate(np.sum(values, axis=0), k)
         return got.a, got.steps
 
 

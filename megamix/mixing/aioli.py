@@ -55,6 +55,10 @@ class AioliConfig:
     prior_steps: int = option(0, "--aioli-prior-steps", "steps trained on the prior before round 1")
     loss_source: str = option("val", "--aioli-loss-source", "probe losses from validation evaluations or training",
                               choices=("val", "train"))
+    estimator: str = option("probes", "--aioli-estimator",
+                            "how A is learned: probes (the paper's LearnParams) or gradient (per-domain gradients "
+                            "preconditioned by the optimizer's state, no probe steps)", choices=("probes", "gradient"))
+    grad_interval: int = option(1, "--aioli-grad-interval", "steps between gradient estimates of A (default 1)")
 
     def __post_init__(self) -> None:
         check_positive(self.eta, "--aioli-eta")
@@ -72,6 +76,10 @@ class AioliConfig:
             raise ValueError(f"--aioli-prior-steps must be >= 0, got {self.prior_steps}")
         if self.loss_source not in ("val", "train"):
             raise ValueError(f"--aioli-loss-source must be 'val' or 'train', got {self.loss_source!r}")
+        if self.estimator not in ("probes", "gradient"):
+            raise ValueError(f"--aioli-estimator must be 'probes' or 'gradient', got {self.estimator!r}")
+        if self.grad_interval < 1:
+            raise ValueError(f"--aioli-grad-interval must be >= 1, got {self.grad_interval}")
 
     def check_domains(self, k: int) -> None:
         """Validate the settings that depend on the number of domains K."""
@@ -92,6 +100,39 @@ def _lst(x):
     return None if x is None else np.asarray(x, dtype=np.float64).tolist()
 
 
+GRADIENT_SIGNAL = "aioli_gradient"
+"""The per-step gradient estimate of A (megamix.training.aioli_gradient), summed over a round."""
+
+
+@dataclass
+class GradientEstimate:
+    """A round's gradient estimate of A, from the sum of its per-step values."""
+
+    a: np.ndarray
+    """(K, K) per-step coefficient lr·⟨v_i, P g_j⟩, mean over the steps that saw column j (NaN: none)."""
+    column_steps: np.ndarray
+    """(K,) estimated steps in which some rank had training samples of domain j."""
+    val_loss: np.ndarray
+    """(K,) mean loss of the validation micro-batches used (NaN when no step was estimated)."""
+    steps: int
+    """Steps whose estimate was taken."""
+
+
+def gradient_estimate(total, k: int) -> GradientEstimate:
+    """The estimate from the (K+1)×(K+1) sum of per-step values (None: no step was estimated).
+
+    Layout of a per-step value: ``[:K, :K]`` lr·⟨v_i, P g_j⟩ (0 where no rank had domain j),
+    ``[K, :K]`` 1 where some rank had domain j, ``[:K, K]`` the validation micro-batch losses,
+    ``[K, K]`` 1.
+    """
+    total = np.zeros((k + 1, k + 1)) if total is None else np.asarray(total, dtype=np.float64)
+    seen, steps = total[k, :k], int(round(total[k, k]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(seen > 0, total[:k, :k] / np.maximum(seen, 1), np.nan)
+        val = total[:k, k] / steps if steps else np.full(k, np.nan)
+    return GradientEstimate(a, seen, val, steps)
+
+
 class AioliMixer(Mixer):
     """Aioli: rounds of probes (LearnParams), an EG update of p, and training at p."""
 
@@ -103,8 +144,9 @@ class AioliMixer(Mixer):
         cfg.check_domains(k)
         self.cfg = cfg
         self.interval = interval
-        self.probe_total = cfg.lp_rounds * k * cfg.lp_steps
-        if cfg.loss_source == "train" and cfg.lp_steps < 2:
+        self.gradient = cfg.estimator == "gradient"
+        self.probe_total = 0 if self.gradient else cfg.lp_rounds * k * cfg.lp_steps
+        if not self.gradient and cfg.loss_source == "train" and cfg.lp_steps < 2:
             raise ValueError(f"--aioli-loss-source train needs --aioli-lp-steps >= 2 (each probe is measured "
                              f"in two halves), got {cfg.lp_steps}")
         if interval <= self.probe_total:
@@ -142,7 +184,8 @@ class AioliMixer(Mixer):
         if remaining - steps < self.interval and remaining > steps:
             info["absorbed"] = remaining - steps
             steps = remaining
-        return Phase(self.p, steps, evaluate=True, kind="train", info=info)
+        signals = (GRADIENT_SIGNAL,) if self.gradient else ()
+        return Phase(self.p, steps, evaluate=True, kind="train", info=info, signals=signals)
 
     def _round_preamble(self, step: int, remaining: int) -> Phase | None:
         """The phase needed before probing (tail or eval), or None after starting the probes."""
@@ -151,7 +194,7 @@ class AioliMixer(Mixer):
             self.stage = "train"
             info["reason"] = f"only {remaining} steps left, fewer than a round's probes"
             return Phase(self.p, remaining, evaluate=True, kind="train", info=info)
-        if self.cfg.loss_source == "val" and self.loss is None:
+        if not self.gradient and self.cfg.loss_source == "val" and self.loss is None:
             return Phase(self.p, 0, evaluate=True, kind="eval", info=info)
         self._start_round(step)
         return None
@@ -165,7 +208,7 @@ class AioliMixer(Mixer):
                     "b": np.zeros((k, k)).tolist(),
                     "weights_before": _lst(self.p), "val_loss_before": _lst(self.loss),
                     "probe_losses": []}
-        self.stage = "probe"
+        self.stage = "train" if self.gradient else "probe"
 
     def _probe_phase(self) -> Phase:
         """Probe j of the current round: s steps at q_{order[j]}."""
@@ -187,9 +230,9 @@ class AioliMixer(Mixer):
             self.loss = np.asarray(obs.val_loss, dtype=np.float64)
         elif obs.steps > 0:
             self.loss = None
-        if self.stage == "prior":
-            self.stage = "start"
-        elif self.stage == "train":
+        if self.stage == "train" and self.gradient and self.cur is not None:
+            return [self._observe_gradient(obs)]
+        if self.stage in ("prior", "train"):
             self.stage = "start"
         elif self.stage == "probe":
             return self._observe_probe(phase, obs, before)
@@ -221,24 +264,37 @@ class AioliMixer(Mixer):
         cur["j"] += 1
         if cur["j"] < len(cur["order"]):
             return []
-        return [self._finish_round(obs.step)]
-
-    def _finish_round(self, step: int) -> dict:
-        """Solve for A, normalise, smooth and take the EG step; the round's record."""
-        cur, cfg = self.cur, self.cfg
+        cfg = self.cfg
         b = np.asarray(cur["b"]) / cfg.lp_rounds
         a = law.solve_a(b, self.q, diagonal=cfg.diagonal, f=cfg.one_hot_factor)
-        record = {"event": "aioli_round", "round": self.round, "step": step,
-                  "domains": list(self.ctx.domains), "probe_weights": self.q.tolist(), "B": b.tolist(),
-                  "A": a.tolist(), "weights_before": cur["weights_before"],
-                  "val_loss_before": cur["val_loss_before"],
-                  "val_loss_after_probes": _lst(self.loss) if cfg.loss_source == "val" else None,
-                  "probe_order": cur["order"], "probe_losses": cur["probe_losses"],
-                  "update": cfg.update, "eta": cfg.eta, "ema": cfg.ema,
-                  "normalize_a": cfg.normalize_a, "diagonal": cfg.diagonal, "loss_source": cfg.loss_source}
-        if not (np.all(np.isfinite(b)) and np.all(np.isfinite(a))):
-            record.update({"A_normalized": None, "E": _lst(self.e), "weights": _lst(self.p),
-                           "skipped": "non-finite losses in this round's probes; weights kept"})
+        record = self._finish_round(obs.step, a, {
+            "probe_weights": self.q.tolist(), "B": b.tolist(),
+            "val_loss_after_probes": _lst(self.loss) if cfg.loss_source == "val" else None,
+            "probe_order": cur["order"], "probe_losses": cur["probe_losses"], "diagonal": cfg.diagonal,
+            "loss_source": cfg.loss_source}, "non-finite losses in this round's probes; weights kept")
+        self.stage = "train"
+        return [record]
+
+    def _observe_gradient(self, obs: Observation) -> dict:
+        """The round's training phase ended: A from its gradient estimates, then the EG step."""
+        est = gradient_estimate(obs.signals.get(GRADIENT_SIGNAL), self.ctx.num_domains)
+        why = ("no step of this round was estimated" if est.steps == 0 else
+               "a domain had no training samples in any estimated step of this round") + "; weights kept"
+        record = self._finish_round(obs.step, est.a, {
+            "estimated_steps": est.steps, "column_steps": est.column_steps.tolist(),
+            "grad_interval": self.cfg.grad_interval, "val_loss_batches": _lst(est.val_loss)}, why)
+        self.stage = "start"
+        return record
+
+    def _finish_round(self, step: int, a: np.ndarray, fields: dict, why_skipped: str) -> dict:
+        """Normalise and smooth A, take the EG step; the round's record (``fields`` are the estimator's)."""
+        cur, cfg = self.cur, self.cfg
+        record = {"event": "aioli_round", "round": self.round, "step": step, "estimator": cfg.estimator,
+                  "domains": list(self.ctx.domains), "A": a.tolist(), "weights_before": cur["weights_before"],
+                  "val_loss_before": cur["val_loss_before"], "update": cfg.update, "eta": cfg.eta, "ema": cfg.ema,
+                  "normalize_a": cfg.normalize_a, **fields}
+        if not np.all(np.isfinite(a)):
+            record.update({"A_normalized": None, "E": _lst(self.e), "weights": _lst(self.p), "skipped": why_skipped})
         else:
             an = law.normalize_a(a) if cfg.normalize_a else a
             self.e = law.ema(self.e, an, cfg.ema)
@@ -246,7 +302,7 @@ class AioliMixer(Mixer):
             self.p = law.eg_step(start, self.e.sum(axis=0), cfg.eta)
             record.update({"A_normalized": an.tolist(), "E": self.e.tolist(), "weights": self.p.tolist()})
         self.round += 1
-        self.stage, self.cur = "train", None
+        self.cur = None
         return record
 
     # ------------------------------------------------------------------ state
@@ -281,7 +337,14 @@ def law_estimate(events: list[dict], options: AioliConfig, key: str | None) -> t
     return np.asarray(rec[key], dtype=np.float64), f"aioli_round {rec['round']} (step {rec['step']}) {key}"
 
 
+def _signals(options: AioliConfig) -> dict[str, str]:
+    """The gradient estimator's training-side provider (the probe estimator needs none)."""
+    if options.estimator != "gradient":
+        return {}
+    return {GRADIENT_SIGNAL: "megamix.training.aioli_gradient:gradient_signal"}
+
+
 METHOD = MethodSpec(
-    name="aioli", summary="Aioli: learn A by probes each round, move p by exponentiated gradient",
+    name="aioli", summary="Aioli: learn A each round (probes, or per-domain gradients), move p by exponentiated gradient",
     build=lambda ctx, cfg: AioliMixer(ctx, cfg.options, cfg.update_interval), config=AioliConfig,
-    law_estimate=law_estimate)
+    signals=_signals, law_estimate=law_estimate)

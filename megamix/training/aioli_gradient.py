@@ -33,7 +33,7 @@ needs whole parameters.
 (K+1)×(K+1), identical on every rank): ``[:K, :K]`` lr·⟨v_i, P g_j⟩ averaged over the ranks
 with domain j (0 where no rank had it), ``[K, :K]`` 1 where some rank had domain j,
 ``[:K, K]`` the mean validation loss of domain i's micro-batches, ``[K, K]`` 1. Summed over
-a round's estimated steps, :func:`summarize` turns the sum into A (columns divided by their
+a round's estimated steps, ``megamix.mixing.aioli.gradient_estimate`` turns the sum into A (columns divided by their
 own step counts), the mean micro-batch validation losses and the number of steps estimated.
 
 Memory: K preconditioned training gradients in the parameters' dtype, one validation
@@ -42,20 +42,12 @@ gradient being dotted, and P in float32; refused before training when they canno
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from megamix.data.domain import build_domain_datasets
 from megamix.training.distributed import all_reduce_sum
-from megamix.training.signals import check_buffer_fits
-
-
-def flat_grad(loss: torch.Tensor, params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """d loss / d params as one flat vector in ``dtype`` (zeros for unused parameters)."""
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-                      for g, p in zip(grads, params)])
+from megamix.training.signals import SignalEnv, SignalProvider, check_buffer_fits, flat_grad
 
 
 def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
@@ -123,11 +115,29 @@ class AdamPreconditioner:
                              f"{tuple(p.shape)} (is it trained by this optimizer?)")
         return self.adam.state[q]["exp_avg_sq"]
 
+    def _relink_partitions(self) -> None:
+        """Point every parameter's ZeRO 1-2 state fragment at the optimizer's current state.
+
+        DeepSpeed links the fragments once, right after the first parameter group's first
+        step, when the other groups (megamix's no-weight-decay group) have no state yet; their
+        fragments would stay empty. Re-linking is cheap (views of the flat partitions).
+        """
+        groups = getattr(self.wrapper, "bit16_groups", None)
+        flat = getattr(self.wrapper, "single_partition_of_fp32_groups", None)
+        if not groups or not flat:
+            return
+        from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+
+        for params, partition in zip(groups, flat):
+            if partition in self.adam.state:
+                lazy_init_hp_params_optimizer_state(params, partition, self.adam.state)
+
     def flat(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """P as one flat vector in ``dtype``, in the order of ``params``; None before Adam's first update."""
         t = self.steps()
         if t == 0:
             return None
+        self._relink_partitions()
         correction = 1.0 - self.beta2 ** t
         parts = [self._exp_avg_sq(p).reshape(-1).to(device, dtype) for p in self.params]
         v_hat = torch.cat(parts) / correction
@@ -173,32 +183,7 @@ class ValidationDraws:
         return stack[0].long().to(device), stack[1].long().to(device), stack[2].float().to(device)
 
 
-@dataclass
-class GradientEstimate:
-    """A round's (or phase's) gradient estimate of A, from the sum of per-step values."""
-
-    a: np.ndarray
-    """(K, K) per-step coefficient lr·⟨v_i, P g_j⟩, mean over the steps that saw column j (NaN: none)."""
-    column_steps: np.ndarray
-    """(K,) estimated steps in which some rank had training samples of domain j."""
-    val_loss: np.ndarray
-    """(K,) mean loss of the validation micro-batches used (NaN when no step was estimated)."""
-    steps: int
-    """Steps whose estimate was taken."""
-
-
-def summarize(total: np.ndarray) -> GradientEstimate:
-    """The estimate from the sum of :meth:`AioliGradientEstimator.before_step` values."""
-    total = np.asarray(total, dtype=np.float64)
-    k = total.shape[0] - 1
-    seen, steps = total[k, :k], int(round(total[k, k]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where(seen > 0, total[:k, :k] / np.maximum(seen, 1), np.nan)
-        val = total[:k, k] / steps if steps else np.full(k, np.nan)
-    return GradientEstimate(a, seen, val, steps)
-
-
-class AioliGradientEstimator:
+class AioliGradientEstimator(SignalProvider):
     """Per-step estimates of Aioli's A from per-domain gradients (see the module docstring)."""
 
     def __init__(self, module: torch.nn.Module, optimizer, num_domains: int, device: torch.device,
@@ -293,3 +278,16 @@ class AioliGradientEstimator:
         out[:k, k] = summed[:k, k] / summed[k, k]
         out[k, k] = 1.0
         return out
+
+    def finish(self, total: np.ndarray | None, stats, steps: int) -> np.ndarray:
+        """The round's sum of per-step values as is (zeros when no step was estimated)."""
+        return np.zeros((self.k + 1, self.k + 1)) if total is None else np.asarray(total, dtype=np.float64)
+
+
+def gradient_signal(env: SignalEnv, options) -> AioliGradientEstimator:
+    """The run's estimator: its validation draws from the run's validation split, its interval from the flags."""
+    cfg, lay = env.cfg, env.layout
+    validation = ValidationDraws(build_domain_datasets(cfg.data, "valid"), cfg.data.eval_samples_per_domain,
+                                 cfg.training.micro_batch_size, lay.dp_rank, lay.dp_size)
+    return AioliGradientEstimator(env.engine.module, env.engine.optimizer, lay.num_domains, env.device, validation,
+                                  cfg.training.micro_batch_size, options.grad_interval, cfg.training.zero_stage)

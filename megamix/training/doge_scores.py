@@ -20,14 +20,7 @@ import numpy as np
 import torch
 
 from megamix.training.distributed import all_reduce_sum
-from megamix.training.signals import SignalEnv, SignalProvider, check_buffer_fits
-
-
-def flat_grad(loss: torch.Tensor, params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """d loss / d params as one flat vector in ``dtype`` (zeros for unused parameters)."""
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-                      for g, p in zip(grads, params)])
+from megamix.training.signals import SignalEnv, SignalProvider, check_buffer_fits, flat_grad
 
 
 class DomainGradScorer(SignalProvider):

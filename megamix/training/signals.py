@@ -78,6 +78,13 @@ def build_providers(declared: dict[str, str], env: SignalEnv, options) -> dict[s
     return providers
 
 
+def flat_grad(loss: torch.Tensor, params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """d loss / d params as one flat vector in ``dtype`` (zeros for unused parameters)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                      for g, p in zip(grads, params)])
+
+
 def check_buffer_fits(vectors: int, numel: int, dtype: torch.dtype, device: torch.device, what: str) -> None:
     """Refuse before training when ``vectors`` vectors of ``numel`` elements cannot fit on ``device``."""
     need = vectors * numel * torch.empty((), dtype=dtype).element_size()
