@@ -8,7 +8,7 @@ import pytest
 from data_fixtures import write_domains
 from megamix.data.blend import BlendedDataset
 from megamix.data.domain import DomainDataset
-from megamix.data.schedule import MixtureSchedule, Segment
+from megamix.data.schedule import MixtureSchedule, Segment, normalize_weights
 
 NAMES = ["a", "b", "c"]
 
@@ -31,13 +31,27 @@ def test_schedule_append_normalises_and_locates():
         s.segment_at(12)
 
 
-@pytest.mark.parametrize("n,weights,match", [
-    (4, [float("nan"), 1, 1], "finite"), (4, [-1, 1, 1], ">= 0"), (4, [0, 0, 0], "positive sum"),
-    (4, [1, 1], "one per domain"), (0, [1, 1, 1], ">= 1"), (6, [1, 1, 1], "whole number of global batches"),
+@pytest.mark.parametrize("weights,match", [
+    ([float("nan"), 1, 1], "finite"), ([-1, 1, 1], ">= 0"), ([0, 0, 0], "positive sum"),
+    ([1, 1], "one per domain"), ([], "non-empty"), (["x", 1, 1], "numbers"),
 ])
-def test_schedule_rejects_bad_segments(n, weights, match):
+def test_normalize_weights_rejects_bad_weights(weights, match):
+    with pytest.raises(ValueError, match=f"mixture weights.*{match}"):
+        normalize_weights(weights, 3, "mixture weights")
+
+
+@pytest.mark.parametrize("n,match", [(0, ">= 1"), (6, "whole number of global batches")])
+def test_schedule_rejects_bad_segments(n, match):
     with pytest.raises(ValueError, match=match):
-        MixtureSchedule(NAMES, global_batch_size=4).append(n, weights)
+        MixtureSchedule(NAMES, global_batch_size=4).append(n, [1, 1, 1])
+
+
+@pytest.mark.parametrize("weights,match", [([-1, 1, 1], ">= 0"), ([1, 1], "one per domain"), ([0.5, 0.2, 0.2], "1")])
+def test_stored_schedule_weights_are_checked(weights, match):
+    data = {"version": 1, "domains": NAMES, "global_batch_size": None,
+            "segments": [{"start": 0, "num_samples": 4, "weights": weights}]}
+    with pytest.raises(ValueError, match=f"mixture schedule: segment at 0.*{match}"):
+        MixtureSchedule.from_dict(data)
 
 
 def test_schedule_round_trip_exact(tmp_path):

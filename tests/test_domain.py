@@ -29,7 +29,7 @@ def test_parse_data_path_forms():
 @pytest.mark.parametrize("tokens,match", [
     (["/d/a", "/e/a"], "duplicate domain name 'a'"), (["0.5", "/d/a", "0.5"], "odd number"),
     (["0.5", "/d/a", "/d/b", "/d/c"], "expected a weight"), ([], "at least one"), (["=/d/a"], "NAME=PREFIX"),
-    (["-1", "/d/a"], ">= 0"),
+    (["-1", "/d/a"], ">= 0"), (["0", "/d/a", "0", "/d/b"], "positive sum"),
 ])
 def test_parse_data_path_errors(tokens, match):
     with pytest.raises(ValueError, match="--data-path") as err:

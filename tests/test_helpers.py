@@ -113,7 +113,7 @@ def test_blending_many_domains_int16():
 
 
 @pytest.mark.parametrize("weights,match", [
-    ([float("nan"), 1.0], "finite"), ([-0.5, 1.0], ">= 0"), ([0.0, 0.0], "positive sum"), ([], "non-empty"),
+    ([float("nan"), 1.0], "finite"), ([-0.5, 1.0], ">= 0"), ([0.0, 0.0], "positive sum"), ([], "at least one domain"),
 ])
 def test_blending_bad_weights(weights, match):
     with pytest.raises(ValueError, match=match):

@@ -6,6 +6,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from megamix.data.schedule import normalize_weights
+
 _DOCUMENT_SUFFIX = "_text_document"
 
 
@@ -70,6 +72,8 @@ def parse_data_path(tokens: list[str]) -> list[DomainSpec]:
         pairs = [(None, t) for t in tokens]
     specs = [_spec_of(w, p, weighted) for w, p in pairs]
     _check_unique(specs)
+    if weighted:
+        normalize_weights([s.weight for s in specs], what="--data-path: weights")
     return specs
 
 

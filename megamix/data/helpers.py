@@ -72,29 +72,10 @@ def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int,
     return _require_ext().build_sample_idx(sizes, doc_idx, _check_seq_length(seq_length), bool(add_extra_token))
 
 
-def normalize_weights(weights, num_domains: int | None = None, what: str = "weights") -> np.ndarray:
-    """Weights as float64 summing to 1; ValueError naming ``what`` unless finite, >= 0, positive sum, K entries."""
-    try:
-        w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be numbers, got {weights!r}") from None
-    if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"{what} must be a non-empty 1-D sequence, got shape {w.shape}")
-    if num_domains is not None and w.size != num_domains:
-        raise ValueError(f"{what}: got {w.size} values; expected one per domain ({num_domains})")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"{what} must be finite, got {w.tolist()}")
-    if np.any(w < 0):
-        raise ValueError(f"{what} must be >= 0 (non-negative), got {w.tolist()}")
-    total = float(w.sum())
-    if not total > 0:
-        raise ValueError(f"{what} must have a positive sum, got {w.tolist()}")
-    return np.ascontiguousarray(w / total)
-
-
 def _blend_args(weights: np.ndarray, num_samples: int,
                 start_counts: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray]:
-    w = normalize_weights(weights)
+    """Arguments as the C++ builder takes them; weights are trusted here (checked where they enter and in C++)."""
+    w = np.ascontiguousarray(weights, dtype=np.float64)
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
         raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
     if start_counts is None:
@@ -111,7 +92,9 @@ def build_blending_indices(weights: np.ndarray, num_samples: int,
                            start_counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Domain of each of ``num_samples`` positions and its domain sample index, continuing from start_counts.
 
-    Weights are normalised first. ``domain_index`` is int16 (int32 beyond 32,767 domains);
+    ``weights`` are a segment's proportions (summing to 1, validated where they entered: flags,
+    files, a mixer's phase); the C++ builder rejects non-finite, negative or all-zero ones.
+    ``domain_index`` is int16 (int32 beyond 32,767 domains);
     ``domain_sample_index`` is int64.
     """
     w, n, start = _blend_args(weights, num_samples, start_counts)

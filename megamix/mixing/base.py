@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from megamix.data.helpers import normalize_weights
+from megamix.data.schedule import normalize_weights
 
 KNOWN_SIGNALS = ("excess_loss", "domain_grad_scores")
 
