@@ -120,6 +120,8 @@ def _normalise_split(values: list[float], text: object) -> tuple[float, float, f
         raise ValueError(f"--split: fractions must have a positive sum, got {text!r}")
     if values[0] <= 0:
         raise ValueError(f"--split: the train fraction must be > 0, got {text!r}")
+    if abs(total - 1.0) < 1e-12:  # already normalised (a stored config): keep the exact floats
+        return tuple(values)  # type: ignore[return-value]
     return tuple(v / total for v in values)  # type: ignore[return-value]
 
 

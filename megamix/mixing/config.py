@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from megamix.config_dict import config_from_dict
+
 METHODS = ("stratified", "natural", "static", "aioli", "skillit", "doremi", "doge")
 
 
@@ -158,3 +160,9 @@ class MixingConfig:
                              "(make one with tools/fit_mixing_law.py --method skillit-graph)")
         if self.method == "doremi" and self.doremi.reference is None:
             raise ValueError("--mixing-method doremi needs --doremi-reference DIR (the reference model's checkpoint)")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MixingConfig":
+        """Inverse of ``dataclasses.asdict``: each method's config rebuilt from its sub-dict."""
+        return config_from_dict(cls, d, "mixing", {"aioli": AioliConfig, "skillit": SkillItConfig,
+                                                    "doremi": DoReMiConfig, "doge": DoGEConfig})
