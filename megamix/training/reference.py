@@ -7,21 +7,14 @@ import os
 import torch
 
 from megamix.model.gpt import GPT, GPTConfig
-from megamix.training.checkpoint import find_checkpoint
-from megamix.training.ckpt_verify import CheckpointError, check_files, read_state
+from megamix.training.run_state import read_run_state
 
 
 def load_state_dict_from_checkpoint(load_dir: str) -> dict[str, torch.Tensor]:
     """The full fp32 model state dict of the newest checkpoint in ``load_dir`` (any ZeRO stage)."""
-    tag = find_checkpoint(load_dir)
-    if tag is None:
-        raise FileNotFoundError(f"{load_dir}: no megamix checkpoint (no 'latest' file)")
-    state = read_state(load_dir, tag)
-    problems = check_files(load_dir, tag, state.get("files", {}), 0, 1)  # every file, before unpickling any
-    if problems:
-        raise CheckpointError(f"{load_dir}: reference checkpoint {tag} is damaged:\n  " + "\n  ".join(problems))
-    stage = state["config"]["training"]["zero_stage"]
-    if stage == 3:
+    state = read_run_state(load_dir)  # every file verified, before unpickling any
+    tag = state.tag
+    if state.config.training.zero_stage == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag)
