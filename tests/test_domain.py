@@ -47,7 +47,7 @@ def test_parse_split():
 
 def test_data_config_validation(tmp_path):
     cfg = DataConfig(data_path=["0.4", str(tmp_path / "a"), "0.6", str(tmp_path / "b")], split="90,5,5")
-    assert cfg.domain_names == ["a", "b"] and cfg.weights == (0.4, 0.6)
+    assert [d.name for d in cfg.data_path] == ["a", "b"] and cfg.weights == (0.4, 0.6)
     assert cfg.cache_dir == str(tmp_path / "cache") and cfg.split == pytest.approx((0.9, 0.05, 0.05))
     with pytest.raises(ValueError, match="--seq-length"):
         DataConfig(data_path=["/d/a"], seq_length=0)

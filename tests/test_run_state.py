@@ -65,7 +65,7 @@ def test_read_run_state_verifies_and_builds_the_config(tmp_path):
     _checkpoint(tmp_path, 2, version=STATE_VERSION)
     state = read_run_state(str(tmp_path))
     assert (state.tag, state.iteration) == ("iter_0000002", 2)
-    assert state.config.data.domain_names == ["a", "b"] and state.config.training.micro_batch_size == 4
+    assert [d.name for d in state.config.data.data_path] == ["a", "b"] and state.config.training.micro_batch_size == 4
     with pytest.raises(FileNotFoundError, match="no megamix checkpoint"):
         read_run_state(str(tmp_path / "nothing"))
 

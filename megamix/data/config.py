@@ -174,11 +174,6 @@ class DataConfig:
             raise ValueError(f"--dataloader-prefetch must be an integer >= 0, got {self.dataloader_prefetch!r}")
 
     @property
-    def domain_names(self) -> list[str]:
-        """Names of the domains, in --data-path order."""
-        return [d.name for d in self.data_path]
-
-    @property
     def weights(self) -> tuple[float, ...] | None:
         """Static weights from --data-path (as given, not normalised), or None."""
         if self.data_path[0].weight is None:

@@ -3,8 +3,8 @@
 ``build_sample_idx`` packs one epoch of documents into training windows (Megatron
 semantics); ``build_blending_indices`` assigns the samples of one mixture segment to
 domains. The C++ versions come from ``megamix._helpers`` (compiled by ``setup.py`` at
-install time, never at run time); the ``*_reference`` versions are the same algorithms in
-plain numpy/Python, used by the tests and benchmarks.
+install time, never at run time); ``build_blending_indices_reference`` is the same algorithm
+in plain numpy/Python, for the tests and benchmarks (the packing reference is in tests/test_helpers.py).
 
 Blending formula. At position i (0-based within the segment) the domain d maximising
 ``weights[d] * (i + 1) - count[d]`` is picked (ties to the lowest index). Megatron-LM uses
@@ -99,29 +99,6 @@ def build_blending_indices(weights: np.ndarray, num_samples: int,
     """
     w, n, start = _blend_args(weights, num_samples, start_counts)
     return _require_ext().build_blending_indices(w, n, start)
-
-
-def build_sample_idx_reference(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int,
-                               add_extra_token: bool = True) -> np.ndarray:
-    """Plain-numpy ``build_sample_idx`` (vectorised with a search over document end positions)."""
-    sizes = _as_int_array(sizes, "sizes", (np.int32,))
-    doc_idx = _as_int_array(doc_idx, "doc_idx", (np.int64, np.int32)).astype(np.int64)
-    seq_length = _check_seq_length(seq_length)
-    if doc_idx.size and (doc_idx.min() < 0 or doc_idx.max() >= len(sizes)):
-        raise IndexError(f"doc_idx values must lie in [0, {len(sizes)})")
-    lengths = sizes[doc_idx].astype(np.int64)
-    extra = 1 if add_extra_token else 0
-    total = int(lengths.sum())
-    num_samples = max(0, (total - extra) // seq_length) if total - extra >= seq_length else 0
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    pos = np.arange(1, num_samples + 1, dtype=np.int64) * seq_length
-    j = np.searchsorted(ends, pos + extra, side="left")
-    j = np.minimum(j, max(len(lengths) - 1, 0))
-    out = np.zeros((num_samples + 1, 2), dtype=np.int64)
-    out[1:, 0] = j
-    out[1:, 1] = pos - starts[j] if num_samples else pos
-    return out
 
 
 def build_blending_indices_reference(weights: np.ndarray, num_samples: int,

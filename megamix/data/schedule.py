@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 from dataclasses import dataclass
@@ -76,7 +75,6 @@ class MixtureSchedule:
         self._domains = tuple(names)
         self._global_batch_size = global_batch_size
         self._segments: list[Segment] = []
-        self._starts: list[int] = []
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -111,14 +109,7 @@ class MixtureSchedule:
                              f"(--global-batch-size {gbs})")
         segment = Segment(self.total_samples, num_samples, _normalised(weights))
         self._segments.append(segment)
-        self._starts.append(segment.start)
         return segment
-
-    def segment_at(self, g: int) -> Segment:
-        """The segment holding global sample g; IndexError outside ``[0, total_samples)``."""
-        if not 0 <= g < self.total_samples:
-            raise IndexError(f"global sample {g} is outside the schedule [0, {self.total_samples})")
-        return self._segments[bisect.bisect_right(self._starts, g) - 1]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (floats round-trip exactly)."""
@@ -146,13 +137,13 @@ class MixtureSchedule:
 
     def _restore(self, num_samples: int, weights: Sequence[float]) -> None:
         """Append a recorded segment keeping its stored (already normalised) weights bit for bit."""
-        normalize_weights(weights, len(self._domains), f"mixture schedule: segment at {self.total_samples}: weights")
-        self.append(num_samples, weights)  # validates count and batch multiple
+        start = self.total_samples
+        normalize_weights(weights, len(self._domains), f"mixture schedule: segment at {start}: weights")
         stored = tuple(float(w) for w in weights)
         if abs(sum(stored) - 1.0) > 1e-9:
-            raise ValueError(f"mixture schedule: segment at {self._starts[-1]} has weights summing to "
-                             f"{sum(stored)}, expected 1")
-        self._segments[-1] = Segment(self._starts[-1], num_samples, stored)
+            raise ValueError(f"mixture schedule: segment at {start} has weights summing to {sum(stored)}, expected 1")
+        self.append(num_samples, stored)  # validates count and batch multiple
+        self._segments[-1] = Segment(start, num_samples, stored)
 
     def save(self, path: str) -> None:
         """Write the schedule as JSON atomically (temporary file, then rename)."""

@@ -51,7 +51,7 @@ class RunState:
             raise ValueError(f"{self.path}: the saved config does not load: {err}") from None
 
 
-def check_version(client: dict, path: str) -> None:
+def _check_version(client: dict, path: str) -> None:
     """ValueError naming ``path`` unless the state's version is one this megamix reads (absent: 1)."""
     version = client.get("version", 1)
     if version not in KNOWN_STATE_VERSIONS:
@@ -72,5 +72,5 @@ def read_run_state(load_dir: str, tag: str | None = None, rank: int = 0, world_s
         raise FileNotFoundError(f"{load_dir}: no megamix checkpoint (no 'latest' file)")
     client = verified_state(load_dir, tag, rank, world_size) if verify else read_state(load_dir, tag)
     state = RunState(load_dir, tag, client)
-    check_version(client, state.path)
+    _check_version(client, state.path)
     return state
