@@ -8,7 +8,7 @@ import pytest
 from data_fixtures import write_domains
 from megamix.data.blend import BlendedDataset
 from megamix.data.domain import DomainDataset
-from megamix.data.schedule import MixtureSchedule, Segment
+from megamix.data.schedule import MixtureSchedule, Segment, normalize_weights
 
 NAMES = ["a", "b", "c"]
 
@@ -22,22 +22,34 @@ def domains(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- schedule
-def test_schedule_append_normalises_and_locates():
+def test_schedule_append_normalises_and_places_segments():
     s = MixtureSchedule(NAMES, global_batch_size=4)
     assert s.append(8, [1, 1, 2]) == Segment(0, 8, (0.25, 0.25, 0.5))
     s.append(4, [0, 0, 3])
-    assert s.total_samples == 12 and s.segment_at(11).start == 8 and s.segment_at(7).start == 0
-    with pytest.raises(IndexError, match="outside the schedule"):
-        s.segment_at(12)
+    assert s.total_samples == 12 and [seg.start for seg in s.segments] == [0, 8]
 
 
-@pytest.mark.parametrize("n,weights,match", [
-    (4, [float("nan"), 1, 1], "finite"), (4, [-1, 1, 1], ">= 0"), (4, [0, 0, 0], "positive sum"),
-    (4, [1, 1], "one per domain"), (0, [1, 1, 1], ">= 1"), (6, [1, 1, 1], "whole number of global batches"),
+@pytest.mark.parametrize("weights,match", [
+    ([float("nan"), 1, 1], "finite"), ([-1, 1, 1], ">= 0"), ([0, 0, 0], "positive sum"),
+    ([1, 1], "one per domain"), ([], "non-empty"), (["x", 1, 1], "numbers"),
 ])
-def test_schedule_rejects_bad_segments(n, weights, match):
+def test_normalize_weights_rejects_bad_weights(weights, match):
+    with pytest.raises(ValueError, match=f"mixture weights.*{match}"):
+        normalize_weights(weights, 3, "mixture weights")
+
+
+@pytest.mark.parametrize("n,match", [(0, ">= 1"), (6, "whole number of global batches")])
+def test_schedule_rejects_bad_segments(n, match):
     with pytest.raises(ValueError, match=match):
-        MixtureSchedule(NAMES, global_batch_size=4).append(n, weights)
+        MixtureSchedule(NAMES, global_batch_size=4).append(n, [1, 1, 1])
+
+
+@pytest.mark.parametrize("weights,match", [([-1, 1, 1], ">= 0"), ([1, 1], "one per domain"), ([0.5, 0.2, 0.2], "1")])
+def test_stored_schedule_weights_are_checked(weights, match):
+    data = {"version": 1, "domains": NAMES, "global_batch_size": None,
+            "segments": [{"start": 0, "num_samples": 4, "weights": weights}]}
+    with pytest.raises(ValueError, match=f"mixture schedule: segment at 0.*{match}"):
+        MixtureSchedule.from_dict(data)
 
 
 def test_schedule_round_trip_exact(tmp_path):
@@ -56,8 +68,13 @@ def test_schedule_round_trip_exact(tmp_path):
 
 
 # ---------------------------------------------------------------- blend
+def domain_sample_indices(blend, start, stop):
+    """Domain sample index of each global sample in ``[start, stop)``."""
+    return np.array([blend.locate(g)[1] for g in range(start, stop)], dtype=np.int64)
+
+
 def _segment_assignment(blend, seg):
-    return blend.domain_ids(seg.start, seg.stop), blend.domain_sample_indices(seg.start, seg.stop)
+    return blend.domain_ids(seg.start, seg.stop), domain_sample_indices(blend, seg.start, seg.stop)
 
 
 def test_blend_lag_bound_per_segment(domains):
@@ -79,7 +96,7 @@ def test_weight_change_never_repeats_or_skips(domains):
         s.append(50, w)
         assert blend.sync() == 1
     d = blend.domain_ids(0, len(blend))
-    k = blend.domain_sample_indices(0, len(blend))
+    k = domain_sample_indices(blend, 0, len(blend))
     for dom in range(3):
         np.testing.assert_array_equal(k[d == dom], np.arange(np.sum(d == dom)))  # 0, 1, 2, ... exactly
     np.testing.assert_array_equal(blend.cursors(), np.bincount(d, minlength=3))
@@ -113,7 +130,7 @@ def test_resume_from_dict_rebuilds_identically(domains):
         blend.sync()
     resumed = BlendedDataset(domains, MixtureSchedule.from_dict(json.loads(json.dumps(s.to_dict()))))
     np.testing.assert_array_equal(resumed.domain_ids(0, 128), blend.domain_ids(0, 128))
-    np.testing.assert_array_equal(resumed.domain_sample_indices(0, 128), blend.domain_sample_indices(0, 128))
+    np.testing.assert_array_equal(domain_sample_indices(resumed, 0, 128), domain_sample_indices(blend, 0, 128))
     np.testing.assert_array_equal(resumed.get_batch(np.arange(128))["tokens"],
                                   blend.get_batch(np.arange(128))["tokens"])
 

@@ -15,7 +15,7 @@ import pytest
 
 from megamix.corpus import build as b
 from megamix.corpus import extract as ex
-from megamix.corpus.binfmt import dictd_encode, dictd_number, read_dictd, sword_blocks
+from megamix.corpus.binfmt import dictd_number, read_dictd, sword_blocks
 from megamix.corpus.fetch import FetchError, apt_download, pip_download
 from megamix.corpus.manpages import find_groff, is_redirect, render_pages, split_batch_output
 from megamix.corpus.rdata import character_vectors, iter_lazyload, unserialize
@@ -23,6 +23,17 @@ from megamix.corpus.sources import SourceSpec, looks_generated
 from megamix.corpus.split import group_entries, normalize_text, pack_chunks, split_before
 
 ROOT = Path(__file__).resolve().parent.parent
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def dictd_encode(value: int) -> str:
+    """Encode a non-negative integer as a dictd base-64 number (inverse of dictd_number)."""
+    digits = ""
+    while True:
+        digits = B64[value % 64] + digits
+        value //= 64
+        if not value:
+            return digits
 
 
 # --------------------------------------------------------------------------- R serialisation

@@ -29,7 +29,7 @@ def test_parse_data_path_forms():
 @pytest.mark.parametrize("tokens,match", [
     (["/d/a", "/e/a"], "duplicate domain name 'a'"), (["0.5", "/d/a", "0.5"], "odd number"),
     (["0.5", "/d/a", "/d/b", "/d/c"], "expected a weight"), ([], "at least one"), (["=/d/a"], "NAME=PREFIX"),
-    (["-1", "/d/a"], ">= 0"),
+    (["-1", "/d/a"], ">= 0"), (["0", "/d/a", "0", "/d/b"], "positive sum"),
 ])
 def test_parse_data_path_errors(tokens, match):
     with pytest.raises(ValueError, match="--data-path") as err:
@@ -47,7 +47,7 @@ def test_parse_split():
 
 def test_data_config_validation(tmp_path):
     cfg = DataConfig(data_path=["0.4", str(tmp_path / "a"), "0.6", str(tmp_path / "b")], split="90,5,5")
-    assert cfg.domain_names == ["a", "b"] and cfg.weights == (0.4, 0.6)
+    assert [d.name for d in cfg.data_path] == ["a", "b"] and cfg.weights == (0.4, 0.6)
     assert cfg.cache_dir == str(tmp_path / "cache") and cfg.split == pytest.approx((0.9, 0.05, 0.05))
     with pytest.raises(ValueError, match="--seq-length"):
         DataConfig(data_path=["/d/a"], seq_length=0)

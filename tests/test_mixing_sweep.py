@@ -113,7 +113,7 @@ def test_run_finished_from_checkpoint_state(tmp_path):
     (run / "iter_0000006").mkdir(parents=True)
     assert not sweep.run_finished(str(run), 6)
     (run / "latest").write_text("iter_0000006")
-    state = {"loop": {"iteration": 6, "phase": None}}
+    state = {"version": 1, "loop": {"iteration": 6, "phase": None}}
     (run / "iter_0000006" / "megamix_state.json").write_text(json.dumps(state))
     assert sweep.run_finished(str(run), 6) and not sweep.run_finished(str(run), 8)
     state["loop"]["phase"] = {"steps": 2}

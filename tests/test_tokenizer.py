@@ -11,8 +11,13 @@ import sys
 
 import pytest
 
-from megamix.data.tokenizer import (NullTokenizer, SentencePieceTokenizer, build_tokenizer,
-                                    train_sentencepiece)
+from megamix.data.tokenizer import NullTokenizer, SentencePieceTokenizer, TokenizerConfig, train_sentencepiece
+
+
+def build_tokenizer(tokenizer_type, tokenizer_model=None, vocab_size=None):
+    """A tokenizer from Megatron's type name and its arguments, through its config."""
+    return TokenizerConfig(tokenizer_type, tokenizer_model, vocab_size).build()
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("the court held that a contract def return import numpy theorem proof lemma chapter "

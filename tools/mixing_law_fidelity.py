@@ -3,9 +3,9 @@
 
 Design (one process, CPU or one GPU, no DeepSpeed):
 
-1. Read the run directory: ``config.json`` (model, data, optimizer, mixing), the newest
-   checkpoint's weights (``load_state_dict_from_checkpoint``, any ZeRO stage) and its
-   mixture schedule, and ``metrics.jsonl`` for the method's own A
+1. Read the run directory: the newest checkpoint's run state (``read_run_state``: the
+   run's config and mixture schedule), its weights (``load_state_dict_from_checkpoint``,
+   any ZeRO stage), and ``metrics.jsonl`` for the method's own A
    (``megamix.mixing.fidelity.method_a``).
 2. Evaluate the checkpoint's per-domain validation loss L on ``--eval-samples-per-domain``
    fixed samples (the run's Evaluator, rank 0 of 1).
@@ -38,6 +38,7 @@ comparison take a checkpoint near that round (``--save-interval``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -47,22 +48,20 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megamix.data.blend import BlendedDataset  # noqa: E402
-from megamix.data.config import DataConfig, DomainSpec  # noqa: E402
 from megamix.data.domain import build_domain_datasets  # noqa: E402
 from megamix.data.schedule import MixtureSchedule  # noqa: E402
 from megamix.mixing import fidelity, law  # noqa: E402
 from megamix.mixing.config import MixingConfig  # noqa: E402
 from megamix.fileio import atomic_write_json, read_json, read_jsonl  # noqa: E402
-from megamix.model.gpt import GPT, GPTConfig  # noqa: E402
-from megamix.training.checkpoint import STATE_FILE, find_checkpoint  # noqa: E402
-from megamix.training.config import OptimizerConfig  # noqa: E402
+from megamix.model.gpt import GPT  # noqa: E402
+from megamix.training.checkpoint import find_checkpoint  # noqa: E402
 from megamix.training.engine import lr_at, param_groups  # noqa: E402
 from megamix.mixing.aioli import gradient_estimate  # noqa: E402
 from megamix.training.aioli_gradient import AioliGradientEstimator, ValidationDraws  # noqa: E402
 from megamix.training.evaluation import Evaluator  # noqa: E402
-from megamix.training.doremi_reference import load_state_dict_from_checkpoint  # noqa: E402
 from megamix.training.loader import StepBatch, read_micro_batch  # noqa: E402
 from megamix.training.optim_state import load_adam_state, optimizer_order, seed_adam  # noqa: E402
+from megamix.training.run_state import load_state_dict_from_checkpoint, read_run_state  # noqa: E402
 
 
 class RunView:
@@ -70,27 +69,20 @@ class RunView:
 
     def __init__(self, run_dir: str, eval_samples: int | None) -> None:
         self.dir = run_dir
-        config = os.path.join(run_dir, "config.json")
-        cfg = read_json(config, config)
-        self.cfg = cfg
-        self.domains = list(cfg["domains"])
-        self.method = cfg["mixing"]["method"]
-        self.model_cfg = GPTConfig(**cfg["model"])
-        d = cfg["data"]
-        self.data_cfg = DataConfig(
-            data_path=[DomainSpec(**s) for s in d["data_path"]], split=tuple(d["split"]),
-            seq_length=d["seq_length"], seed=d["seed"], split_seed=d.get("split_seed"),
-            data_cache_path=d["data_cache_path"],
-            eval_samples_per_domain=d["eval_samples_per_domain"] if eval_samples is None else eval_samples)
-        self.opt_cfg = OptimizerConfig(**cfg["optimizer"])
-        self.training = cfg["training"]
-        tag = find_checkpoint(run_dir)
-        if tag is None:
+        if find_checkpoint(run_dir) is None:
             raise ValueError(f"{run_dir}: no checkpoint ('latest' file missing); run with --save")
-        self.tag = tag
-        state = os.path.join(run_dir, tag, STATE_FILE)
-        self.client = read_json(state, state)
-        self.iteration = int(self.client["loop"]["iteration"])
+        state = read_run_state(run_dir, verify=False)  # the weights are verified when they are loaded
+        self.cfg = state.client["config"]
+        self.domains = list(state.client["domains"])
+        self.method = state.config.mixing.method
+        self.model_cfg = state.config.model
+        self.data_cfg = state.config.data if eval_samples is None else dataclasses.replace(
+            state.config.data, eval_samples_per_domain=eval_samples)
+        self.opt_cfg = state.config.optimizer
+        self.training = self.cfg["training"]
+        self.tag = state.tag
+        self.client = state.client
+        self.iteration = state.iteration
         self.events = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
 
     def lr(self) -> float:

@@ -36,6 +36,8 @@ sys.path.insert(0, REPO)
 from megamix.data.config import parse_data_path  # noqa: E402
 from megamix.fileio import atomic_write_json  # noqa: E402
 from megamix.mixing.weights_file import write_weights_file  # noqa: E402
+from megamix.training.ckpt_verify import CheckpointError  # noqa: E402
+from megamix.training.run_state import read_run_state  # noqa: E402
 
 KINDS = ("grid", "dml", "skillit")
 # flags the sweep sets itself for every run
@@ -139,16 +141,12 @@ def run_finished(run_dir: str, train_iters: int | None) -> bool:
     """Whether a run completed: a test report, or a newest checkpoint at ``train_iters``."""
     if os.path.exists(os.path.join(run_dir, "test_results.json")):
         return True
-    latest = os.path.join(run_dir, "latest")
-    if train_iters is None or not os.path.exists(latest):
+    if train_iters is None or not os.path.exists(os.path.join(run_dir, "latest")):
         return False
-    with open(latest) as fh:
-        tag = fh.read().strip()
-    state = os.path.join(run_dir, tag, "megamix_state.json")
-    if not os.path.exists(state):
+    try:
+        loop = read_run_state(run_dir, verify=False).client["loop"]
+    except CheckpointError:  # the newest save did not finish, or its state is damaged: run it (again)
         return False
-    with open(state) as fh:
-        loop = json.load(fh)["loop"]
     return loop["iteration"] >= train_iters and loop["phase"] is None
 
 

@@ -26,16 +26,6 @@ def dictd_number(code: str) -> int:
     return value
 
 
-def dictd_encode(value: int) -> str:
-    """Encode a non-negative integer as a dictd base-64 number (inverse of dictd_number)."""
-    digits = ""
-    while True:
-        digits = _B64[value % 64] + digits
-        value //= 64
-        if not value:
-            return digits
-
-
 def read_dictd(index_path: Path, dict_path: Path) -> list[tuple[str, str]]:
     """Return ``(headword, entry text)`` in file order, without dictd's 00-database entries."""
     data = Path(dict_path).read_bytes()

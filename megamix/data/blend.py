@@ -124,7 +124,3 @@ class BlendedDataset:
     def domain_ids(self, start: int, stop: int) -> np.ndarray:
         """Domain of each global sample in ``[start, stop)`` (int64)."""
         return self._locate(np.arange(start, stop, dtype=np.int64))[0]
-
-    def domain_sample_indices(self, start: int, stop: int) -> np.ndarray:
-        """Domain sample index of each global sample in ``[start, stop)`` (int64)."""
-        return self._locate(np.arange(start, stop, dtype=np.int64))[1]

@@ -6,6 +6,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from megamix.data.schedule import normalize_weights
+
 _DOCUMENT_SUFFIX = "_text_document"
 
 
@@ -70,6 +72,8 @@ def parse_data_path(tokens: list[str]) -> list[DomainSpec]:
         pairs = [(None, t) for t in tokens]
     specs = [_spec_of(w, p, weighted) for w, p in pairs]
     _check_unique(specs)
+    if weighted:
+        normalize_weights([s.weight for s in specs], what="--data-path: weights")
     return specs
 
 
@@ -116,6 +120,8 @@ def _normalise_split(values: list[float], text: object) -> tuple[float, float, f
         raise ValueError(f"--split: fractions must have a positive sum, got {text!r}")
     if values[0] <= 0:
         raise ValueError(f"--split: the train fraction must be > 0, got {text!r}")
+    if abs(total - 1.0) < 1e-12:  # already normalised (a stored config): keep the exact floats
+        return tuple(values)  # type: ignore[return-value]
     return tuple(v / total for v in values)  # type: ignore[return-value]
 
 
@@ -166,11 +172,6 @@ class DataConfig:
             raise ValueError(f"--eval-samples-per-domain must be an integer >= 0, got {self.eval_samples_per_domain!r}")
         if not isinstance(self.dataloader_prefetch, int) or self.dataloader_prefetch < 0:
             raise ValueError(f"--dataloader-prefetch must be an integer >= 0, got {self.dataloader_prefetch!r}")
-
-    @property
-    def domain_names(self) -> list[str]:
-        """Names of the domains, in --data-path order."""
-        return [d.name for d in self.data_path]
 
     @property
     def weights(self) -> tuple[float, ...] | None:

@@ -3,8 +3,8 @@
 ``build_sample_idx`` packs one epoch of documents into training windows (Megatron
 semantics); ``build_blending_indices`` assigns the samples of one mixture segment to
 domains. The C++ versions come from ``megamix._helpers`` (compiled by ``setup.py`` at
-install time, never at run time); the ``*_reference`` versions are the same algorithms in
-plain numpy/Python, used by the tests and benchmarks.
+install time, never at run time); ``build_blending_indices_reference`` is the same algorithm
+in plain numpy/Python, for the tests and benchmarks (the packing reference is in tests/test_helpers.py).
 
 Blending formula. At position i (0-based within the segment) the domain d maximising
 ``weights[d] * (i + 1) - count[d]`` is picked (ties to the lowest index). Megatron-LM uses
@@ -72,29 +72,10 @@ def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int,
     return _require_ext().build_sample_idx(sizes, doc_idx, _check_seq_length(seq_length), bool(add_extra_token))
 
 
-def normalize_weights(weights, num_domains: int | None = None, what: str = "weights") -> np.ndarray:
-    """Weights as float64 summing to 1; ValueError naming ``what`` unless finite, >= 0, positive sum, K entries."""
-    try:
-        w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be numbers, got {weights!r}") from None
-    if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"{what} must be a non-empty 1-D sequence, got shape {w.shape}")
-    if num_domains is not None and w.size != num_domains:
-        raise ValueError(f"{what}: got {w.size} values; expected one per domain ({num_domains})")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"{what} must be finite, got {w.tolist()}")
-    if np.any(w < 0):
-        raise ValueError(f"{what} must be >= 0 (non-negative), got {w.tolist()}")
-    total = float(w.sum())
-    if not total > 0:
-        raise ValueError(f"{what} must have a positive sum, got {w.tolist()}")
-    return np.ascontiguousarray(w / total)
-
-
 def _blend_args(weights: np.ndarray, num_samples: int,
                 start_counts: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray]:
-    w = normalize_weights(weights)
+    """Arguments as the C++ builder takes them; weights are trusted here (checked where they enter and in C++)."""
+    w = np.ascontiguousarray(weights, dtype=np.float64)
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
         raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
     if start_counts is None:
@@ -111,34 +92,13 @@ def build_blending_indices(weights: np.ndarray, num_samples: int,
                            start_counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Domain of each of ``num_samples`` positions and its domain sample index, continuing from start_counts.
 
-    Weights are normalised first. ``domain_index`` is int16 (int32 beyond 32,767 domains);
+    ``weights`` are a segment's proportions (summing to 1, validated where they entered: flags,
+    files, a mixer's phase); the C++ builder rejects non-finite, negative or all-zero ones.
+    ``domain_index`` is int16 (int32 beyond 32,767 domains);
     ``domain_sample_index`` is int64.
     """
     w, n, start = _blend_args(weights, num_samples, start_counts)
     return _require_ext().build_blending_indices(w, n, start)
-
-
-def build_sample_idx_reference(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int,
-                               add_extra_token: bool = True) -> np.ndarray:
-    """Plain-numpy ``build_sample_idx`` (vectorised with a search over document end positions)."""
-    sizes = _as_int_array(sizes, "sizes", (np.int32,))
-    doc_idx = _as_int_array(doc_idx, "doc_idx", (np.int64, np.int32)).astype(np.int64)
-    seq_length = _check_seq_length(seq_length)
-    if doc_idx.size and (doc_idx.min() < 0 or doc_idx.max() >= len(sizes)):
-        raise IndexError(f"doc_idx values must lie in [0, {len(sizes)})")
-    lengths = sizes[doc_idx].astype(np.int64)
-    extra = 1 if add_extra_token else 0
-    total = int(lengths.sum())
-    num_samples = max(0, (total - extra) // seq_length) if total - extra >= seq_length else 0
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    pos = np.arange(1, num_samples + 1, dtype=np.int64) * seq_length
-    j = np.searchsorted(ends, pos + extra, side="left")
-    j = np.minimum(j, max(len(lengths) - 1, 0))
-    out = np.zeros((num_samples + 1, 2), dtype=np.int64)
-    out[1:, 0] = j
-    out[1:, 1] = pos - starts[j] if num_samples else pos
-    return out
 
 
 def build_blending_indices_reference(weights: np.ndarray, num_samples: int,

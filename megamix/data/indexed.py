@@ -295,11 +295,6 @@ class IndexedDatasetBuilder:
         """Token dtype being written."""
         return self._dtype
 
-    @property
-    def num_sequences(self) -> int:
-        """Sequences written so far."""
-        return len(self._lengths)
-
     def _as_tokens(self, tokens: Iterable[int] | np.ndarray) -> np.ndarray:
         arr = np.asarray(tokens)
         if arr.ndim != 1:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import bisect
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from megamix.data.helpers import normalize_weights
+import numpy as np
+
 from megamix.fileio import atomic_write_json
 
 SCHEDULE_VERSION = 1
@@ -31,9 +30,34 @@ class Segment:
         return self.start + self.num_samples
 
 
-def _normalised(weights: Sequence[float], num_domains: int) -> tuple[float, ...]:
-    """Weights divided by their sum; ValueError naming the problem otherwise."""
-    return tuple(normalize_weights(list(weights), num_domains, "mixture weights").tolist())
+def normalize_weights(weights, num_domains: int | None = None, what: str = "weights") -> np.ndarray:
+    """Weights as float64 summing to 1; ValueError naming ``what`` unless finite, >= 0, positive sum, K entries.
+
+    The one check of mixture weights, applied where they enter: --data-path, weights files,
+    a mixer's Phase and a stored schedule. Code in between trusts them.
+    """
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers, got {weights!r}") from None
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D sequence, got shape {w.shape}")
+    if num_domains is not None and w.size != num_domains:
+        raise ValueError(f"{what}: got {w.size} values; expected one per domain ({num_domains})")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{what} must be finite, got {w.tolist()}")
+    if np.any(w < 0):
+        raise ValueError(f"{what} must be >= 0 (non-negative), got {w.tolist()}")
+    total = float(w.sum())
+    if not total > 0:
+        raise ValueError(f"{what} must have a positive sum, got {w.tolist()}")
+    return np.ascontiguousarray(w / total)
+
+
+def _normalised(weights: Sequence[float]) -> tuple[float, ...]:
+    """Weights divided by their sum (trusted: validated where they entered)."""
+    total = float(sum(weights))
+    return tuple(float(w) / total for w in weights)
 
 
 class MixtureSchedule:
@@ -50,7 +74,6 @@ class MixtureSchedule:
         self._domains = tuple(names)
         self._global_batch_size = global_batch_size
         self._segments: list[Segment] = []
-        self._starts: list[int] = []
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -76,23 +99,16 @@ class MixtureSchedule:
         return len(self._segments)
 
     def append(self, num_samples: int, weights: Sequence[float]) -> Segment:
-        """Add a segment of ``num_samples`` global samples with the given (normalised) weights."""
+        """Add a segment of ``num_samples`` global samples at ``weights`` (trusted valid, one per domain; normalised)."""
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"segment num_samples must be an integer >= 1, got {num_samples!r}")
         gbs = self._global_batch_size
         if gbs is not None and num_samples % gbs:
             raise ValueError(f"segment of {num_samples} samples is not a whole number of global batches "
                              f"(--global-batch-size {gbs})")
-        segment = Segment(self.total_samples, num_samples, _normalised(weights, len(self._domains)))
+        segment = Segment(self.total_samples, num_samples, _normalised(weights))
         self._segments.append(segment)
-        self._starts.append(segment.start)
         return segment
-
-    def segment_at(self, g: int) -> Segment:
-        """The segment holding global sample g; IndexError outside ``[0, total_samples)``."""
-        if not 0 <= g < self.total_samples:
-            raise IndexError(f"global sample {g} is outside the schedule [0, {self.total_samples})")
-        return self._segments[bisect.bisect_right(self._starts, g) - 1]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (floats round-trip exactly)."""
@@ -120,12 +136,13 @@ class MixtureSchedule:
 
     def _restore(self, num_samples: int, weights: Sequence[float]) -> None:
         """Append a recorded segment keeping its stored (already normalised) weights bit for bit."""
-        self.append(num_samples, weights)  # validates count, batch multiple and weights
+        start = self.total_samples
+        normalize_weights(weights, len(self._domains), f"mixture schedule: segment at {start}: weights")
         stored = tuple(float(w) for w in weights)
         if abs(sum(stored) - 1.0) > 1e-9:
-            raise ValueError(f"mixture schedule: segment at {self._starts[-1]} has weights summing to "
-                             f"{sum(stored)}, expected 1")
-        self._segments[-1] = Segment(self._starts[-1], num_samples, stored)
+            raise ValueError(f"mixture schedule: segment at {start} has weights summing to {sum(stored)}, expected 1")
+        self.append(num_samples, stored)  # validates count and batch multiple
+        self._segments[-1] = Segment(start, num_samples, stored)
 
     def save(self, path: str) -> None:
         """Write the schedule as JSON atomically (temporary file, then rename)."""

@@ -167,13 +167,6 @@ class TokenizerConfig:
         return NullTokenizer(self.vocab_size)
 
 
-def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None,
-                    vocab_size: int | None = None, vocab_file: str | None = None,
-                    merge_file: str | None = None) -> Tokenizer:
-    """Build a tokenizer from Megatron's type name and its arguments."""
-    return TokenizerConfig(tokenizer_type, tokenizer_model, vocab_size, vocab_file, merge_file).build()
-
-
 def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, seed: int = 1234,
                         threads: int = 1, max_sentence_length: int = 16384) -> str:
     """Train a byte-fallback BPE SentencePiece model (unk 0, bos 1, eos 2) on a one-sentence-per-line

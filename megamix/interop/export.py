@@ -21,6 +21,7 @@ from megamix.interop.hf import (HFMappingError, gpt_fields_from_llama, hf_to_meg
                                 load_into_gpt, megamix_to_hf)
 from megamix.model.gpt import GPT, GPTConfig
 from megamix.training.checkpoint import LATEST_FILE, STATE_FILE, tag_for
+from megamix.training.run_state import read_run_state
 
 _FLAGS = {"vocab_size": "the vocabulary (tokenizer size padded by --make-vocab-size-divisible-by)",
           "num_layers": "--num-layers", "hidden_size": "--hidden-size",
@@ -49,8 +50,7 @@ def checkpoint_tag(run_dir: str, iteration: int | None = None) -> str:
 def read_checkpoint(run_dir: str, iteration: int | None = None) -> tuple[dict[str, torch.Tensor], dict, str]:
     """(fp32 model state dict, the run's resolved config, tag) of a checkpoint at any ZeRO stage."""
     tag = checkpoint_tag(run_dir, iteration)
-    with open(os.path.join(run_dir, tag, STATE_FILE)) as f:
-        config = json.load(f)["config"]
+    config = read_run_state(run_dir, tag).client["config"]  # every file verified, before unpickling any
     if config["training"]["zero_stage"] > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from megamix.data.helpers import normalize_weights
+from megamix.data.schedule import normalize_weights
 
 
 def as_simplex(weights: Any, num_domains: int, what: str = "weights") -> np.ndarray:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from megamix.config_dict import config_from_dict
 from megamix.mixing.registry import import_plugins, method_spec
 
 
@@ -50,26 +50,11 @@ class MixingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MixingConfig":
-        """Inverse of ``dataclasses.asdict``: the options dict becomes the method's config again."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"mixing config: unknown keys {unknown} (written by a newer megamix?)")
-        import_plugins(d.get("plugins", ()))
-        spec = method_spec(d.get("method", cls.method))
-        values = dict(d)
-        weights = values.get("mixture_weights")
-        values["mixture_weights"] = None if weights is None else tuple(weights)
-        options = values.get("options")
-        if spec.config is not None and options is not None:
-            values["options"] = _options_from_dict(spec.config, options, spec.name)
-        return cls(**values)
+        """Inverse of ``dataclasses.asdict``: the options dict becomes the method's config again.
 
-
-def _options_from_dict(config: type, d: dict, method: str) -> Any:
-    """The ``config`` dataclass from its dict form; an unknown key is an error naming the method."""
-    fields = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"mixing config: unknown {method} options {unknown} (written by a newer megamix?)")
-    return config(**d)
+        The run's ``--mixing-plugin`` modules are imported first, so a plug-in method reads back too.
+        """
+        import_plugins(d.get("plugins", ()) if isinstance(d, dict) else ())
+        spec = method_spec(d.get("method", cls.method)) if isinstance(d, dict) else None
+        nested = {"options": spec.config} if spec and spec.config and d.get("options") is not None else {}
+        return config_from_dict(cls, d, "mixing", nested)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from megamix.data.schedule import normalize_weights
 from megamix.fileio import atomic_write_json, read_json
 
 
@@ -17,11 +17,9 @@ def write_weights_file(path: str, domains: Sequence[str], weights: Sequence[floa
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if len(domains) != w.shape[0]:
         raise ValueError(f"{path}: {len(domains)} domains but {w.shape[0]} weights")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"{path}: weights must be finite, non-negative, with a positive sum; got {w.tolist()}")
     obj = dict(meta or {})
     obj["domains"] = list(domains)
-    obj["weights"] = (w / w.sum()).tolist()
+    obj["weights"] = normalize_weights(w, what=f"{path}: weights").tolist()
     atomic_write_json(path, obj)
 
 
@@ -54,7 +52,4 @@ def read_weights_file(path: str, domains: Sequence[str]) -> np.ndarray:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"weights file {path}: weight of {d!r} must be a finite number >= 0, got {v!r}")
         values.append(float(v))
-    w = np.asarray(values)
-    if w.sum() <= 0:
-        raise ValueError(f"weights file {path}: weights must have a positive sum, got {values}")
-    return w / w.sum()
+    return normalize_weights(values, what=f"weights file {path}: weights")

@@ -154,5 +154,5 @@ def verified_state(load_dir: str, tag: str, rank: int, world_size: int) -> dict:
     hint = (f"the newest earlier checkpoint that verifies is {load_dir}/{earlier}: resume from it with "
             f"--ckpt-step {int(_TAG.match(earlier).group(1))}" if earlier
             else f"no earlier checkpoint in {load_dir} verifies")
-    raise CheckpointError(f"--load {load_dir}: checkpoint {tag} is damaged:\n  " + "\n  ".join(problems)
+    raise CheckpointError(f"{load_dir}: checkpoint {tag} is damaged:\n  " + "\n  ".join(problems)
                           + f"\n{hint}")

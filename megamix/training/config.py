@@ -13,7 +13,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from megamix.data.config import DataConfig
+from megamix.config_dict import config_from_dict
+from megamix.data.config import DataConfig, DomainSpec
 from megamix.data.tokenizer import TokenizerConfig
 from megamix.mixing.config import MixingConfig
 from megamix.model.gpt import GPTConfig
@@ -196,3 +197,18 @@ class RunConfig:
     def to_dict(self) -> dict:
         """JSON-able form, written to config.json and every checkpoint."""
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """Inverse of ``to_dict``; ValueError naming the section and key of a field this megamix does not know."""
+        return config_from_dict(cls, d, "", {
+            "model": GPTConfig, "data": _data_config, "optimizer": OptimizerConfig, "training": TrainingConfig,
+            "mixing": MixingConfig.from_dict, "logging": LoggingConfig, "tokenizer": TokenizerConfig})
+
+
+def _data_config(d: dict) -> DataConfig:
+    """DataConfig from its dict form, the domains rebuilt as DomainSpecs."""
+    def specs(items: list) -> list[DomainSpec]:
+        return [config_from_dict(DomainSpec, s, "data.data_path") for s in items]
+
+    return config_from_dict(DataConfig, d, "data", {"data_path": specs})

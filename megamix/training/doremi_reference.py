@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from megamix.model.gpt import GPT, GPTConfig
-from megamix.training.checkpoint import find_checkpoint
-from megamix.training.ckpt_verify import CheckpointError, check_files, read_state
+from megamix.training.run_state import load_state_dict_from_checkpoint
 from megamix.training.signals import SignalEnv, SignalProvider
-
-
-def load_state_dict_from_checkpoint(load_dir: str) -> dict[str, torch.Tensor]:
-    """The full fp32 model state dict of the newest checkpoint in ``load_dir`` (any ZeRO stage)."""
-    tag = find_checkpoint(load_dir)
-    if tag is None:
-        raise FileNotFoundError(f"{load_dir}: no megamix checkpoint (no 'latest' file)")
-    state = read_state(load_dir, tag)
-    problems = check_files(load_dir, tag, state.get("files", {}), 0, 1)  # every file, before unpickling any
-    if problems:
-        raise CheckpointError(f"{load_dir}: reference checkpoint {tag} is damaged:\n  " + "\n  ".join(problems))
-    stage = state["config"]["training"]["zero_stage"]
-    if stage == 3:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag)
-    states = torch.load(os.path.join(load_dir, tag, "mp_rank_00_model_states.pt"), map_location="cpu",
-                        weights_only=False)
-    return {k: v.float() for k, v in states["module"].items()}
 
 
 def load_reference_model(load_dir: str, config: GPTConfig, device: torch.device) -> GPT:

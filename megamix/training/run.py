@@ -19,7 +19,6 @@ from megamix.model.fused import announce
 from megamix.fileio import atomic_write_text
 from megamix.training.checkpoint import (find_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                          set_rng_state, tag_for)
-from megamix.training.ckpt_verify import verified_state
 from megamix.training.config import RunConfig
 from megamix.training.distributed import DistInfo
 from megamix.training.engine import build_engine, build_model, describe_precision, set_matmul_precision
@@ -31,6 +30,7 @@ from megamix.training.repetition import RepetitionTracker
 from megamix.training.wandb_writer import wandb_writer_for
 from megamix.training.report import test_report
 from megamix.training.resume import check_resume_config, refit_lr_schedule
+from megamix.training.run_state import STATE_VERSION, read_run_state
 from megamix.training.signals import SignalEnv, build_providers
 from megamix.training.step import StepLayout, StepRunner
 from megamix.training.throughput import Throughput, peak_tflops
@@ -47,9 +47,10 @@ def _resume_state(cfg: RunConfig, dist_info: DistInfo) -> tuple[str | None, dict
     tag = find_checkpoint(cfg.training.load, cfg.training.ckpt_step)
     if tag is None:
         return None, None
-    client = verified_state(cfg.training.load, tag, dist_info.rank, dist_info.world_size)
-    client["changes"] = check_resume_config(client["config"], cfg.to_dict(), cfg.training.load, tag,
-                                            client["loop"]["iteration"])
+    state = read_run_state(cfg.training.load, tag, dist_info.rank, dist_info.world_size)
+    client = state.client  # state.config: a config written by a newer megamix is refused, naming the key
+    client["changes"] = check_resume_config(state.config.to_dict(), cfg.to_dict(), cfg.training.load, tag,
+                                            state.iteration)
     return tag, client
 
 
@@ -133,9 +134,9 @@ class Run:
                                "its next phases for the new remaining steps")
 
     def _client_state(self, state: LoopState) -> dict:
-        return {"loop": state.to_dict(), "schedule": self.schedule.to_dict(), "mixer": self.mixer.state_dict(),
-                "mixer_name": self.mixer.name, "rng": rng_state(), "metrics_offset": self.metrics.offset(),
-                "config": self.cfg.to_dict(), "domains": self.domains}
+        return {"version": STATE_VERSION, "loop": state.to_dict(), "schedule": self.schedule.to_dict(),
+                "mixer": self.mixer.state_dict(), "mixer_name": self.mixer.name, "rng": rng_state(),
+                "metrics_offset": self.metrics.offset(), "config": self.cfg.to_dict(), "domains": self.domains}
 
     def save(self, state: LoopState) -> None:
         """Checkpoint (when --save is given) and write the schedule so far beside it."""
