@@ -56,7 +56,7 @@ PROFILES = {
              "grid+aioli", "dml+aioli", "skillit+aioli", "doremi+aioli", "doge+aioli"],
     "paper": ["stratified", "aioli", "p0.45", "p0.55", "grid", "grid-half", "grid+aioli"],
 }
-MAIN_METHODS = ("stratified", "aioli")
+MAIN_METHODS = ("stratified", "aioli", "aioli-grad")
 """Rows run on --seeds seeds; in the paper profile every other row runs on --aux-seeds seeds."""
 PAPER_MAX_K = {"grid": 2, "grid-half": 3, "grid+aioli": 3, "dml-half": 3, "dml+aioli": 3}
 """Paper profile: the headroom rows run on 2-domain settings, the restricted rows on 2- and 3-domain ones."""
@@ -83,6 +83,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="default runs/mixing_quality (quick, full), runs/mixing_quality_paper")
     p.add_argument("--train-iters", type=int, default=None, help="steps N of every final run (default 160; paper 1000)")
     p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--grad-interval", type=int, default=10,
+                   help="--aioli-grad-interval of the aioli-grad rows (Aioli's probe-free gradient estimator)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the table of the runs finished so far (cells say what is missing)")
     return p.parse_args(argv)
@@ -116,12 +118,15 @@ def build_spec(args: argparse.Namespace, corpus: str) -> QualitySpec:
     """The profile's recipe with the command line's length, output and split seed."""
     if args.profile == "paper":
         try:
-            return paper_spec(corpus, args.out, args.train_iters or 1000, args.nproc,
+            spec = paper_spec(corpus, args.out, args.train_iters or 1000, args.nproc,
                               1 if args.split_seed is None else args.split_seed)
         except ValueError as e:
             raise SystemExit(str(e)) from None
-    return QualitySpec(corpus=corpus, out=args.out, train_iters=args.train_iters or QualitySpec.train_iters,
-                       nproc=args.nproc, split_seed=args.split_seed)
+    else:
+        spec = QualitySpec(corpus=corpus, out=args.out, train_iters=args.train_iters or QualitySpec.train_iters,
+                           nproc=args.nproc, split_seed=args.split_seed)
+    spec.grad_interval = args.grad_interval
+    return spec
 
 
 def plan(profile: str, methods: list[str], k: int, seeds: int, aux_seeds: int) -> list[tuple[str, int]]:

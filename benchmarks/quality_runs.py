@@ -43,6 +43,7 @@ class QualitySpec:
     eval_micro_batch: int | None = None
     warmup_fraction: float | None = None
     report_only: bool = False  # tabulate finished runs; train nothing (--report-only)
+    grad_interval: int = 10  # --aioli-grad-interval of the aioli-grad rows
 
     def warmup_iters(self, iters: int) -> int:
         """LR warm-up steps of a run of ``iters`` steps (a fraction of it in the paper profile)."""
@@ -66,7 +67,9 @@ class QualitySpec:
                            f"eta=1, first round after {self.aioli_warmup} warm-up steps on the start mixture "
                            "(--aioli-prior-steps).")
         recipes = [aioli_recipe(k, self.round_length).describe() for k in sorted(set(ks or [2, 3]))]
-        return text + " Aioli (paper profile):\n" + "\n".join(f"- {r}" for r in recipes)
+        return (text + " Aioli (paper profile):\n" + "\n".join(f"- {r}" for r in recipes)
+                + f"\n- aioli-grad: the same recipe per K with --aioli-estimator gradient (no probe steps; A from "
+                f"per-domain gradients preconditioned by Adam's state, an estimate every {self.grad_interval} steps)")
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -284,7 +287,7 @@ def _learned(spec: QualitySpec, method: str, root: str, domains: list[str], seed
 def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], seed: int) -> dict:
     """One method's final run on one setting and seed, with the extra steps its learning cost.
 
-    Methods: stratified, aioli, skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
+    Methods: stratified, aioli, aioli-grad (Aioli's probe-free gradient estimator), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
     X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
     """
@@ -295,6 +298,9 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
                            label=f"stratified seed {seed}"), 0
     elif method == "aioli":
         rec, extra = train(spec, final, domains, seed, spec.aioli_flags(k), label=f"aioli seed {seed}"), 0
+    elif method == "aioli-grad":
+        flags = [*spec.aioli_flags(k), "--aioli-estimator", "gradient", "--aioli-grad-interval", str(spec.grad_interval)]
+        rec, extra = train(spec, final, domains, seed, flags, label=f"aioli-grad seed {seed}"), 0
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
         wf = _weights_file(os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
         rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0
