@@ -306,3 +306,13 @@ def test_aioli_gradient_resume_mid_round_is_exact(data, tmp_path):
     _check_gradient_rounds(run, 3)
     assert strip_timing(events(run, "aioli_round")) == strip_timing(events(ref, "aioli_round"))
     assert strip_timing(read_metrics(run)) == strip_timing(read_metrics(ref))
+
+
+@pytest.mark.slow
+def test_aioli_gradient_estimates_only_observe(data, tmp_path):
+    """Round 0 trains at exactly 1/K: with estimates at steps 2, 4, 6 its per-step losses equal stratified's."""
+    strat = _run(data, tmp_path / "strat", 8, **{"--mixing-method": "stratified", "--skip-test": True,
+                                                 "--mixing-update-interval": 8})
+    grad = _run(data, tmp_path / "grad", 8, **GRAD)
+    assert events(grad, "aioli_round")[0]["estimated_steps"] == 3
+    assert [e["loss"] for e in events(grad, "train")] == [e["loss"] for e in events(strat, "train")]
