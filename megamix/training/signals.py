@@ -55,7 +55,8 @@ class SignalProvider:
 
     def sample_values(self, micro_batch, losses: torch.Tensor) -> torch.Tensor:
         """One value per sample of ``micro_batch`` (its per-token ``losses`` given), for per-sample signals."""
-        raise NotImplementedError(f"signal {self.name!r} has no per-sample values")
+        raise RuntimeError(f"signal {self.name!r}: its provider sets per_sample = True but does not define "
+                           "sample_values(micro_batch, losses)")
 
     def finish(self, total: np.ndarray | None, stats: DomainStats, steps: int) -> np.ndarray:
         """The phase's value of the signal from its per-step ``total`` or the phase's ``stats``."""
