@@ -1,4 +1,4 @@
-"""The gradient estimator of Aioli's A on a quadratic model whose A is known in closed form.
+"""The gradient and lookahead estimators of Aioli's A on a quadratic model whose A is known in closed form.
 
 The model has one parameter vector θ ∈ R^n; token t's loss is ½ Σ_k h_k (θ_k − C[t, k])².
 The gradient of a mean token loss over a set of tokens is h ⊙ (θ − c̄) with c̄ the mean of
@@ -79,10 +79,10 @@ def closed_form_a(model: Quadratic, batch: StepBatch, draws: ValidationDraws, es
     return a
 
 
-def estimator_for(model: torch.nn.Module, optimizer, interval: int = 1) -> tuple[AioliGradientEstimator,
-                                                                                  ValidationDraws]:
+def estimator_for(model: torch.nn.Module, optimizer, interval: int = 1,
+                  mode: str = "gradient") -> tuple[AioliGradientEstimator, ValidationDraws]:
     draws = ValidationDraws([FakeValid(d) for d in range(K)], None, MBS, 0, 1)
-    return AioliGradientEstimator(model, optimizer, K, torch.device("cpu"), draws, MBS, interval, 0), draws
+    return AioliGradientEstimator(model, optimizer, K, torch.device("cpu"), draws, MBS, interval, 0, mode), draws
 
 
 def test_sgd_estimate_is_the_closed_form_and_predicts_the_step():
@@ -112,13 +112,18 @@ def test_sgd_estimate_is_the_closed_form_and_predicts_the_step():
     np.testing.assert_allclose(before - after, got.a @ p - second, rtol=1e-12, atol=1e-14)
 
 
-def test_adam_estimate_uses_the_optimizer_state():
-    """Adam after 3 steps: P = 1/(√v̂ + ε) from its state; the estimate equals the closed form (rtol 1e-12)."""
-    model = Quadratic(seed=2)
+def _trained_adam(model: Quadratic) -> torch.optim.Optimizer:
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     for s in range(3):
         model.theta.grad = torch.randn(N, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
         opt.step()
+    return opt
+
+
+def test_adam_estimate_uses_the_optimizer_state():
+    """Adam after 3 steps: P = 1/(√v̂ + ε) from its state; the estimate equals the closed form (rtol 1e-12)."""
+    model = Quadratic(seed=2)
+    opt = _trained_adam(model)
     est, draws = estimator_for(model, opt, interval=2)
     batch = make_batch([2, 0, 0, 2])  # no domain 1 on this rank
     assert est.before_step(5, batch, 0.01) is None  # off the interval
@@ -128,6 +133,37 @@ def test_adam_estimate_uses_the_optimizer_state():
     want = closed_form_a(model, batch, draws, 2, p, 0.01)
     np.testing.assert_allclose(got.a, want, rtol=1e-12)
     assert np.isnan(got.a[:, 1]).all() and got.column_steps.tolist() == [1, 0, 1]
+
+
+def test_lookahead_is_the_exact_loss_change_of_a_virtual_step():
+    """Lookahead on the quadratic: L_i(θ) − L_i(θ − lr·P g_j) = lr⟨v_i, P g_j⟩ − ½ lr² Σ h (P g_j)², exactly
+    (rtol 1e-10: a difference of two float64 losses); θ is restored bit for bit; a domain absent from
+    the batch has no column."""
+    model = Quadratic(seed=3)
+    opt = _trained_adam(model)
+    lr = 0.05
+    theta = model.theta.detach().clone()
+    est, draws = estimator_for(model, opt, mode="lookahead")
+    batch = make_batch([0, 0, 2, 2, 2, 0])
+    got = gradient_estimate(est.before_step(4, batch, lr).numpy(), K)
+    assert torch.equal(model.theta.detach(), theta)
+    p = 1.0 / ((opt.state[model.theta]["exp_avg_sq"] / (1 - 0.95 ** 3)).sqrt() + 1e-8)
+    first = closed_form_a(model, batch, draws, 4, p, lr)
+    windows = torch.cat([mb.windows for mb in batch.micro_batches])
+    ids = torch.cat([mb.domain_id for mb in batch.micro_batches])
+    for j in (0, 2):
+        step = lr * p * model.grad_of_mean(windows[ids == j][:, 1:])
+        np.testing.assert_allclose(got.a[:, j], first[:, j] - 0.5 * float((model.h * step * step).sum()), rtol=1e-10)
+    assert np.isnan(got.a[:, 1]).all()
+    val = [draws.batch(i, 4, torch.device("cpu")) for i in range(K)]
+    with torch.no_grad():
+        np.testing.assert_allclose(got.val_loss, [float(model(t, y).mean()) for t, y, _ in val], rtol=1e-14)
+
+
+def test_lookahead_refuses_low_precision_parameters():
+    model = Quadratic().to(torch.bfloat16)
+    with pytest.raises(ValueError, match="lookahead needs fp32 parameters"):
+        estimator_for(model, torch.optim.SGD(model.parameters(), lr=0.1), mode="lookahead")
 
 
 def test_step_zero_and_a_fresh_optimizer_are_skipped():
@@ -160,14 +196,15 @@ def test_validation_draws_rotate_and_differ_between_ranks():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(zero_stage=3), "--zero-stage 0, 1 or 2"),
     (dict(interval=0), "--aioli-grad-interval must be >= 1"),
+    (dict(mode="probes"), "expected one of"),
 ])
 def test_errors_name_the_flag(kwargs, match):
     model = Quadratic()
     draws = ValidationDraws([FakeValid(d) for d in range(K)], None, MBS, 0, 1)
-    args = dict(interval=1, zero_stage=0) | kwargs
+    args = dict(interval=1, zero_stage=0, mode="gradient") | kwargs
     with pytest.raises(ValueError, match=match):
         AioliGradientEstimator(model, torch.optim.SGD(model.parameters(), lr=0.1), K, torch.device("cpu"), draws,
-                               MBS, args["interval"], args["zero_stage"])
+                               MBS, args["interval"], args["zero_stage"], args["mode"])
 
 
 def test_unknown_optimizers_are_refused():

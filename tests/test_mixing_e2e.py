@@ -273,23 +273,25 @@ GRAD = {"--mixing-method": "aioli", "--aioli-estimator": "gradient", "--aioli-gr
         "--skip-test": True}
 
 
-def _check_gradient_rounds(run: str, rounds: int) -> None:
+def _check_gradient_rounds(run: str, rounds: int, estimator: str = "gradient") -> None:
     """Whole rounds trained at p (no probe phase), each with a finite A from its estimated steps."""
     recs = events(run, "aioli_round")
-    assert len(recs) == rounds and all(r["estimator"] == "gradient" and "skipped" not in r for r in recs)
+    assert len(recs) == rounds and all(r["estimator"] == estimator and "skipped" not in r for r in recs)
     assert all(r["estimated_steps"] == 4 - (r["round"] == 0) for r in recs)  # steps 2,4,6 in round 0 (not 0)
     assert all(np.all(np.isfinite(r["A"])) for r in recs)
     assert {ph["kind"] for ph in events(run, "phase")} == {"train"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [0, 2])
-def test_aioli_gradient_estimator_on_two_ranks(data, tmp_path, stage):
+@pytest.mark.parametrize("stage, estimator", [(0, "gradient"), (2, "gradient"), (2, "lookahead")])
+def test_aioli_gradient_estimator_on_two_ranks(data, tmp_path, stage, estimator):
     """Two gloo ranks: every rank reaches the same A (the loop's broadcast-and-check of each round's
-    weights would stop the run otherwise), read from the optimizer's state at ZeRO 0 and 2."""
-    run = _run(data, tmp_path / f"grad{stage}", 16, **GRAD, **{"--zero-stage": stage})
+    weights would stop the run otherwise), read from the optimizer's state at ZeRO 0 and 2; the
+    lookahead's virtual steps on ZeRO 2's flat parameter buffers are undone."""
+    run = _run(data, tmp_path / f"{estimator}{stage}", 16,
+               **{**GRAD, "--zero-stage": stage, "--aioli-estimator": estimator})
     check_weights(run, 16)
-    _check_gradient_rounds(run, 2)
+    _check_gradient_rounds(run, 2, estimator)
     weights = [r["weights"] for r in events(run, "aioli_round")]
     assert not np.allclose(weights[0], 1 / 3)  # the estimate moved p
 
@@ -309,10 +311,12 @@ def test_aioli_gradient_resume_mid_round_is_exact(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_aioli_gradient_estimates_only_observe(data, tmp_path):
-    """Round 0 trains at exactly 1/K: with estimates at steps 2, 4, 6 its per-step losses equal stratified's."""
+@pytest.mark.parametrize("estimator", ["gradient", "lookahead"])
+def test_aioli_gradient_estimates_only_observe(data, tmp_path, estimator):
+    """Round 0 trains at exactly 1/K: with estimates at steps 2, 4, 6 its per-step losses equal stratified's
+    (the lookahead's virtual steps leave the parameters bit for bit as they were)."""
     strat = _run(data, tmp_path / "strat", 8, **{"--mixing-method": "stratified", "--skip-test": True,
                                                  "--mixing-update-interval": 8})
-    grad = _run(data, tmp_path / "grad", 8, **GRAD)
+    grad = _run(data, tmp_path / "grad", 8, **{**GRAD, "--aioli-estimator": estimator})
     assert events(grad, "aioli_round")[0]["estimated_steps"] == 3
     assert [e["loss"] for e in events(grad, "train")] == [e["loss"] for e in events(strat, "train")]

@@ -23,12 +23,13 @@ Design (one process, CPU or one GPU, no DeepSpeed):
    tool warns; lower ``--probe-lr``). Evaluate L'_n; dL_n = L − L'_n.
 4. Fit A* by least squares, dL_n ≈ A* p_n (``law.fit_linear_dynamic``), report the law's
    R² on the probes, and the agreement of column sums: cosine and Spearman.
-5. Judge the two ways Aioli can estimate A at this checkpoint against A*: ``probes``,
+5. Judge the three ways Aioli can estimate A at this checkpoint against A*: ``probes``,
    A = B (Qᵀ)⁻¹ from the K probes at the q_j (one sweep of Aioli's LearnParams; these
-   probes are also among A*'s, which favours them), and ``gradient``, s · lr · ⟨v_i, P g_j⟩
-   averaged over ``--grad-steps`` batches at the uniform mixture, with P from the loaded
-   Adam state (``megamix.training.aioli_gradient``). For each: cosine and Spearman of the
-   column sums and of the whole matrix.
+   probes are also among A*'s, which favours them); ``gradient``, s · lr · ⟨v_i, P g_j⟩,
+   and ``lookahead``, s · (L_i(θ) − L_i(θ − lr · P g_j)), each averaged over
+   ``--grad-steps`` batches at the uniform mixture, with P from the loaded Adam state
+   (``megamix.training.aioli_gradient``). For each: cosine and Spearman of the column
+   sums and of the whole matrix.
 
 Output: a table on stdout and, with ``--out FILE``, the whole report as JSON.
 The A being judged comes from the run's last round (Aioli) or last update; for a close
@@ -57,7 +58,7 @@ from megamix.model.gpt import GPT  # noqa: E402
 from megamix.training.checkpoint import find_checkpoint  # noqa: E402
 from megamix.training.engine import lr_at, param_groups  # noqa: E402
 from megamix.mixing.aioli import gradient_estimate  # noqa: E402
-from megamix.training.aioli_gradient import AioliGradientEstimator, ValidationDraws  # noqa: E402
+from megamix.training.aioli_gradient import MODES, AioliGradientEstimator, ValidationDraws  # noqa: E402
 from megamix.training.evaluation import Evaluator  # noqa: E402
 from megamix.training.loader import StepBatch, read_micro_batch  # noqa: E402
 from megamix.training.optim_state import load_adam_state, optimizer_order, seed_adam  # noqa: E402
@@ -172,13 +173,14 @@ class ProbeTrainer:
             optim.step()
         return model
 
-    def gradient_a(self, steps: int) -> tuple[np.ndarray | None, int]:
-        """Aioli's gradient estimate of A per optimizer step (mean over ``steps`` uniform batches) and the
-        steps it took; None without the run's Adam state (--fresh-optimizer: no preconditioner)."""
+    def gradient_a(self, steps: int, mode: str = "gradient") -> tuple[np.ndarray | None, int]:
+        """Aioli's probe-free estimate of A per optimizer step (``mode``: gradient or lookahead; mean over
+        ``steps`` uniform batches) and the steps it took; None without the run's Adam state
+        (--fresh-optimizer: no preconditioner)."""
         model, optim = self.model_and_optimizer()
         k, mbs = len(self.train_sets), self.run.training["micro_batch_size"]
         draws = ValidationDraws(self.valid, self.run.data_cfg.eval_samples_per_domain, mbs, 0, 1)
-        est = AioliGradientEstimator(model, optim, k, self.device, draws, mbs, 1, 0)
+        est = AioliGradientEstimator(model, optim, k, self.device, draws, mbs, 1, 0, mode)
         values = [est.before_step(n + 1, batch, self.lr)
                   for n, batch in enumerate(self.step_batches(np.full(k, 1.0 / k), steps))]
         values = [v.cpu().numpy() for v in values if v is not None]
@@ -201,7 +203,7 @@ def compare(a: np.ndarray | None, a_star: np.ndarray) -> dict:
 
 def estimator_report(trainer: ProbeTrainer, p: np.ndarray, dl: np.ndarray, a_star: np.ndarray,
                      cfg: fidelity.FidelityConfig, grad_steps: int) -> dict:
-    """Aioli's two estimators of A at the checkpoint, each judged against A* (see step 5 above).
+    """Aioli's estimators of A at the checkpoint, each judged against A* (see step 5 above).
 
     The judge is A* fitted from the probes other than the q_j when there are at least K of
     them (the probes estimator is built from the q_j), else A* from all probes.
@@ -210,21 +212,23 @@ def estimator_report(trainer: ProbeTrainer, p: np.ndarray, dl: np.ndarray, a_sta
     held_out = len(p) - k >= k
     judge = fidelity.fit_a_star(p[k:], dl[k:])[0] if held_out else a_star
     a_probes = law.solve_a(dl[:k].T, p[:k], f=cfg.one_hot_factor)
-    t0 = time.perf_counter()
-    a_grad, steps = trainer.gradient_a(grad_steps)
-    grad_seconds = time.perf_counter() - t0
-    gradient = compare(None if a_grad is None else a_grad * cfg.probe_steps, judge)
-    gradient.update({"steps": steps, "seconds": grad_seconds,
-                     "note": None if a_grad is not None else "no Adam state (--fresh-optimizer): no preconditioner"})
-    return {"judge": "A* from the held-out probes" if held_out else
-            "A* from all probes (fewer than K held out: favours the probes estimator)",
-            "a_star_judge": judge.tolist(), "probes": compare(a_probes, judge), "gradient": gradient}
+    out = {"judge": "A* from the held-out probes" if held_out else
+           "A* from all probes (fewer than K held out: favours the probes estimator)",
+           "a_star_judge": judge.tolist(), "probes": compare(a_probes, judge)}
+    for mode in MODES:
+        t0 = time.perf_counter()
+        a_est, steps = trainer.gradient_a(grad_steps, mode)
+        rep = compare(None if a_est is None else a_est * cfg.probe_steps, judge)
+        rep.update({"steps": steps, "seconds": time.perf_counter() - t0,
+                    "note": None if a_est is not None else "no Adam state (--fresh-optimizer): no preconditioner"})
+        out[mode] = rep
+    return out
 
 
 def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | None = None,
                probe_lr: float | None = None, a_key: str | None = None, log=print, fresh_optimizer: bool = False,
                grad_steps: int = 4) -> dict:
-    """Train the probes, fit A*, compare with the run's A and with Aioli's two estimators; the report as a dict."""
+    """Train the probes, fit A*, compare with the run's A and with Aioli's estimators; the report as a dict."""
     run = RunView(run_dir, eval_samples)
     own, source = fidelity.method_a(run.method, run.events, run.options(), a_key)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -262,7 +266,7 @@ def estimator_table(estimators: dict) -> str:
     keys = ("cosine_column_sums", "spearman_column_sums", "cosine_matrix", "spearman_matrix")
     lines = [f"{'estimator vs A*':<16}" + "".join(f"{k.replace('_column_sums', ' cols').replace('_matrix', ' A'):>15}"
                                                   for k in keys)]
-    for name in ("probes", "gradient"):
+    for name in ("probes", *MODES):
         rep = estimators[name]
         lines.append(f"{name:<16}" + "".join(f"{'n/a' if rep[k] is None else format(rep[k], '.4f'):>15}"
                                              for k in keys))

@@ -22,15 +22,19 @@ Needs s >= 2. A round where a domain had no tokens in some half (NaN) keeps the 
 
 from __future__ import annotations
 
-import numpy as np
-
 import argparse
 from dataclasses import dataclass
+
+import numpy as np
 
 from megamix.mixing import law
 from megamix.mixing.base import (MethodSpec, Mixer, MixerContext, Observation, Phase, TimeAverage,
                                  check_positive, option)
 from megamix.mixing.weights_file import read_weights_file
+
+ESTIMATORS = ("probes", "gradient", "lookahead")
+"""--aioli-estimator values: the paper's probes, or one of the probe-free estimators of
+megamix.training.aioli_gradient."""
 
 
 @dataclass
@@ -56,8 +60,10 @@ class AioliConfig:
     loss_source: str = option("val", "--aioli-loss-source", "probe losses from validation evaluations or training",
                               choices=("val", "train"))
     estimator: str = option("probes", "--aioli-estimator",
-                            "how A is learned: probes (the paper's LearnParams) or gradient (per-domain gradients "
-                            "preconditioned by the optimizer's state, no probe steps)", choices=("probes", "gradient"))
+                            "how A is learned: probes (the paper's LearnParams), gradient (per-domain gradients "
+                            "preconditioned by the optimizer's state, no probe steps) or lookahead (the validation loss "
+                            "change of a virtual step along each domain's preconditioned gradient)",
+                            choices=ESTIMATORS)
     grad_interval: int = option(1, "--aioli-grad-interval", "steps between gradient estimates of A (default 1)")
 
     def __post_init__(self) -> None:
@@ -76,8 +82,8 @@ class AioliConfig:
             raise ValueError(f"--aioli-prior-steps must be >= 0, got {self.prior_steps}")
         if self.loss_source not in ("val", "train"):
             raise ValueError(f"--aioli-loss-source must be 'val' or 'train', got {self.loss_source!r}")
-        if self.estimator not in ("probes", "gradient"):
-            raise ValueError(f"--aioli-estimator must be 'probes' or 'gradient', got {self.estimator!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"--aioli-estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.grad_interval < 1:
             raise ValueError(f"--aioli-grad-interval must be >= 1, got {self.grad_interval}")
 
@@ -144,7 +150,7 @@ class AioliMixer(Mixer):
         cfg.check_domains(k)
         self.cfg = cfg
         self.interval = interval
-        self.gradient = cfg.estimator == "gradient"
+        self.gradient = cfg.estimator != "probes"  # gradient or lookahead: no probe phases
         self.probe_total = 0 if self.gradient else cfg.lp_rounds * k * cfg.lp_steps
         if not self.gradient and cfg.loss_source == "train" and cfg.lp_steps < 2:
             raise ValueError(f"--aioli-loss-source train needs --aioli-lp-steps >= 2 (each probe is measured "
@@ -338,8 +344,8 @@ def law_estimate(events: list[dict], options: AioliConfig, key: str | None) -> t
 
 
 def _signals(options: AioliConfig) -> dict[str, str]:
-    """The gradient estimator's training-side provider (the probe estimator needs none)."""
-    if options.estimator != "gradient":
+    """The gradient and lookahead estimators' training-side provider (the probe estimator needs none)."""
+    if options.estimator == "probes":
         return {}
     return {GRADIENT_SIGNAL: "megamix.training.aioli_gradient:gradient_signal"}
 

@@ -36,8 +36,18 @@ with domain j (0 where no rank had it), ``[K, :K]`` 1 where some rank had domain
 a round's estimated steps, ``megamix.mixing.aioli.gradient_estimate`` turns the sum into A (columns divided by their
 own step counts), the mean micro-batch validation losses and the number of steps estimated.
 
+**Lookahead** (``--aioli-estimator lookahead``, ``mode="lookahead"``): instead of the
+inner product, take the virtual step θ' = θ − lr · P g_j for each domain j, evaluate each
+validation micro-batch there (no grad, eval mode) and put A[i, j] = L_i(θ) − L_i(θ'), then
+restore θ bit for bit. This is the same first-order term plus the second-order cost of
+the step (½ lr² (P g_j)ᵀ H_i (P g_j): curvature times the step's own noise), which a
+probe of real steps pays and the inner product does not. It costs K·K validation
+forwards instead of K validation backwards, and needs fp32 parameters (a step of lr·P·g
+is below bf16's resolution).
+
 Memory: K preconditioned training gradients in the parameters' dtype, one validation
-gradient being dotted, and P in float32; refused before training when they cannot fit.
+gradient being dotted (lookahead: a copy of the parameters instead), and P in float32;
+refused before training when they cannot fit.
 """
 
 from __future__ import annotations
@@ -183,17 +193,25 @@ class ValidationDraws:
         return stack[0].long().to(device), stack[1].long().to(device), stack[2].float().to(device)
 
 
+MODES = ("gradient", "lookahead")
+"""How a per-step A is formed: the inner product lr·⟨v_i, P g_j⟩, or a virtual step's loss change."""
+
+
 class AioliGradientEstimator(SignalProvider):
     """Per-step estimates of Aioli's A from per-domain gradients (see the module docstring)."""
 
     def __init__(self, module: torch.nn.Module, optimizer, num_domains: int, device: torch.device,
-                 validation: ValidationDraws, micro_batch_size: int, interval: int, zero_stage: int) -> None:
+                 validation: ValidationDraws, micro_batch_size: int, interval: int, zero_stage: int,
+                 mode: str = "gradient") -> None:
+        if mode not in MODES:
+            raise ValueError(f"--aioli-estimator: expected one of {MODES}, got {mode!r}")
         if zero_stage >= 3:
             raise ValueError("--aioli-estimator gradient needs whole parameters on every rank (per-domain "
                              "autograd): use --zero-stage 0, 1 or 2, or --aioli-estimator probes")
         if interval < 1:
             raise ValueError(f"--aioli-grad-interval must be >= 1, got {interval}")
         self.module = module
+        self.mode = mode
         self.k = num_domains
         self.device = torch.device(device)
         self.validation = validation
@@ -201,10 +219,13 @@ class AioliGradientEstimator(SignalProvider):
         self.interval = interval
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.dtype = self.params[0].dtype
+        if mode == "lookahead" and self.dtype != torch.float32 and self.dtype != torch.float64:
+            raise ValueError(f"--aioli-estimator lookahead needs fp32 parameters (a virtual step of lr·P·g is below "
+                             f"the resolution of {self.dtype}): use --aioli-estimator gradient")
         self.work = torch.promote_types(self.dtype, torch.float32)  # P, and P g before it is stored
         self.numel = sum(p.numel() for p in self.params)
         self.preconditioner = make_preconditioner(optimizer, self.params)
-        extra = -(-self.work.itemsize // self.dtype.itemsize)  # P in at least float32
+        extra = -(-self.work.itemsize // self.dtype.itemsize)  # P in at least float32 (lookahead: θ's copy instead of v)
         check_buffer_fits(num_domains + 1 + extra, self.numel, self.dtype, self.device, "--aioli-estimator gradient")
 
     def before_step(self, step: int, batch, lr: float) -> torch.Tensor | None:
@@ -220,22 +241,57 @@ class AioliGradientEstimator(SignalProvider):
             return None
         was_training = self.module.training
         self.module.train()
-        local = self._local(step // self.interval, batch, p_flat)
+        local = self._local(step // self.interval, batch, p_flat, lr)
         self.module.train(was_training)
-        return self._combine(all_reduce_sum(local), lr)
+        return self._combine(all_reduce_sum(local), lr if self.mode == "gradient" else 1.0)
 
-    def _local(self, estimate: int, batch, p_flat: torch.Tensor) -> torch.Tensor:
-        """This rank's products, presence and validation losses, laid out as the all-reduced tensor."""
+    def _local(self, estimate: int, batch, p_flat: torch.Tensor, lr: float) -> torch.Tensor:
+        """This rank's products (or lookahead loss changes), presence and validation losses, as all-reduced."""
         k = self.k
         out = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=self.device)
         pg, present = self.preconditioned_domain_grads(batch.micro_batches, p_flat)
-        for i in range(k):
-            v, out[i, k] = self._val_grad(i, estimate)
-            for j in np.flatnonzero(present):
-                out[i, j] = torch.dot(pg[j].double(), v.double())
+        if self.mode == "lookahead":
+            self._lookahead(out, pg, present, estimate, lr)
+        else:
+            for i in range(k):
+                v, out[i, k] = self._val_grad(i, estimate)
+                for j in np.flatnonzero(present):
+                    out[i, j] = torch.dot(pg[j].double(), v.double())
         out[k, :k] = torch.from_numpy(present.astype(np.float64))
         out[k, k] = 1.0
         return out
+
+    @torch.no_grad()
+    def _lookahead(self, out: torch.Tensor, pg: torch.Tensor, present: np.ndarray, estimate: int,
+                   lr: float) -> None:
+        """out[i, j] = L_i(θ) − L_i(θ − lr·P g_j) and out[i, K] = L_i(θ), θ restored exactly after each j."""
+        k = self.k
+        batches = [self.validation.batch(i, estimate, self.device) for i in range(k)]
+        self.module.eval()
+        base = [self._val_loss(b) for b in batches]
+        saved = [p.detach().clone() for p in self.params]
+        try:
+            for j in np.flatnonzero(present):
+                offset = 0
+                for p in self.params:
+                    n = p.numel()
+                    p.sub_(pg[j, offset:offset + n].view_as(p), alpha=lr)
+                    offset += n
+                for i in range(k):
+                    out[i, j] = base[i] - self._val_loss(batches[i])
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+        finally:
+            for p, s in zip(self.params, saved):
+                p.copy_(s)
+        for i in range(k):
+            out[i, k] = base[i]
+
+    def _val_loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The mean token loss of one validation micro-batch (float64 scalar)."""
+        tokens, labels, mask = batch
+        losses = self.module(tokens, labels).double() * mask.double()
+        return losses.sum() / mask.sum().clamp_min(1.0)
 
     def preconditioned_domain_grads(self, micro_batches: list, p_flat: torch.Tensor) -> tuple[torch.Tensor,
                                                                                                np.ndarray]:
@@ -290,4 +346,5 @@ def gradient_signal(env: SignalEnv, options) -> AioliGradientEstimator:
     validation = ValidationDraws(build_domain_datasets(cfg.data, "valid"), cfg.data.eval_samples_per_domain,
                                  cfg.training.micro_batch_size, lay.dp_rank, lay.dp_size)
     return AioliGradientEstimator(env.engine.module, env.engine.optimizer, lay.num_domains, env.device, validation,
-                                  cfg.training.micro_batch_size, options.grad_interval, cfg.training.zero_stage)
+                                  cfg.training.micro_batch_size, options.grad_interval, cfg.training.zero_stage,
+                                  options.estimator)
