@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Wall-clock cost of Aioli over stratified sampling at equal steps (tiny model, 2 CPU processes).
 
-Runs the same training command four ways — stratified, Aioli with ``--aioli-loss-source
-val`` and with ``train``, and Aioli's probe-free ``--aioli-estimator gradient`` (an estimate
-every ``--grad-interval`` steps, its cost inside the step time) — at the paper's Aioli defaults (k = 2 sweeps, s = 10 probe steps,
+Runs the same training command up to five ways (``--methods``) — stratified, Aioli with
+``--aioli-loss-source val`` and with ``train``, and Aioli's probe-free ``--aioli-estimator
+gradient`` and ``lookahead`` (an estimate every ``--grad-interval`` steps, its cost inside
+the step time) — at the paper's Aioli defaults (k = 2 sweeps, s = 10 probe steps,
 f = 0.75, U = --mixing-update-interval) and the default ``--eval-samples-per-domain``,
 and prints the ratio of each run's training-loop time to stratified's (target for val:
 ≤ 1.15). The loop time runs from the first iteration line on the console to the end of
@@ -46,8 +47,9 @@ METHODS = {
     "aioli-val": {"--mixing-method": "aioli", "--aioli-loss-source": "val"},
     "aioli-train": {"--mixing-method": "aioli", "--aioli-loss-source": "train"},
     "aioli-grad": {"--mixing-method": "aioli", "--aioli-estimator": "gradient"},
+    "aioli-look": {"--mixing-method": "aioli", "--aioli-estimator": "lookahead"},
 }
-AIOLI = ("aioli-val", "aioli-train", "aioli-grad")
+AIOLI = ("aioli-val", "aioli-train", "aioli-grad", "aioli-look")
 
 
 def timed_launch(args: list[str], nproc: int) -> float:
@@ -113,7 +115,7 @@ def bench(args: argparse.Namespace, work: str) -> dict:
                     "--skip-test": True, "--log-interval": 1, "--lr": 1e-3, "--min-lr": 1e-4}
             if args.profile == "paper":
                 over.update(paper_flags(flags, args.train_iters))
-            if name == "aioli-grad":
+            if name in ("aioli-grad", "aioli-look"):
                 over["--aioli-grad-interval"] = args.grad_interval
             run_args = tiny_args(prefixes, run, cache, iters=args.train_iters, **over)
             result = analyse(run, timed_launch(run_args, args.nproc))
@@ -155,7 +157,7 @@ def print_table(res: dict, bd: dict) -> None:
               f"{b['extra_eval_s']:>10.2f}{b['extra_step_s']:>10.2f}{b['phase_overhead_s']:>11.2f}")
     print(f"\none evaluation pass: {bd['t_eval_s'] * 1e3:.0f} ms = {bd['t_eval_s'] * 1e3 / bd['median_step_ms']:.1f} "
           f"optimizer steps (median step {bd['median_step_ms']:.1f} ms)")
-    for name, target in (("aioli-val", 1.15), ("aioli-grad", 1.10)):
+    for name, target in (("aioli-val", 1.15), ("aioli-grad", 1.10), ("aioli-look", 1.10)):
         if name in bd:
             ok = bd[name]["ratio"] <= target
             print(f"{name} ratio {bd[name]['ratio']:.3f}: target <= {target} {'met' if ok else 'MISSED'}")
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=int, default=200, help="--mixing-update-interval (Aioli round U)")
     ap.add_argument("--eval-samples", type=int, default=64, help="--eval-samples-per-domain (the flag's default)")
     ap.add_argument("--num-docs", type=int, default=400, help="fixture documents per domain")
-    ap.add_argument("--grad-interval", type=int, default=10, help="--aioli-grad-interval of the aioli-grad run")
+    ap.add_argument("--grad-interval", type=int, default=10, help="--aioli-grad-interval of the aioli-grad and aioli-look runs")
     ap.add_argument("--methods", default=",".join(AIOLI),
                     help=f"comma list of the runs besides stratified (default all: {','.join(AIOLI)})")
     ap.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")

@@ -56,7 +56,7 @@ PROFILES = {
              "grid+aioli", "dml+aioli", "skillit+aioli", "doremi+aioli", "doge+aioli"],
     "paper": ["stratified", "aioli", "p0.45", "p0.55", "grid", "grid-half", "grid+aioli"],
 }
-MAIN_METHODS = ("stratified", "aioli", "aioli-grad")
+MAIN_METHODS = ("stratified", "aioli", "aioli-grad", "aioli-look")
 """Rows run on --seeds seeds; in the paper profile every other row runs on --aux-seeds seeds."""
 PAPER_MAX_K = {"grid": 2, "grid-half": 3, "grid+aioli": 3, "dml-half": 3, "dml+aioli": 3}
 """Paper profile: the headroom rows run on 2-domain settings, the restricted rows on 2- and 3-domain ones."""
@@ -84,7 +84,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-iters", type=int, default=None, help="steps N of every final run (default 160; paper 1000)")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--grad-interval", type=int, default=10,
-                   help="--aioli-grad-interval of the aioli-grad rows (Aioli's probe-free gradient estimator)")
+                   help="--aioli-grad-interval of the aioli-grad and aioli-look rows (Aioli's probe-free estimators)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the table of the runs finished so far (cells say what is missing)")
     return p.parse_args(argv)

@@ -69,7 +69,9 @@ class QualitySpec:
         recipes = [aioli_recipe(k, self.round_length).describe() for k in sorted(set(ks or [2, 3]))]
         return (text + " Aioli (paper profile):\n" + "\n".join(f"- {r}" for r in recipes)
                 + f"\n- aioli-grad: the same recipe per K with --aioli-estimator gradient (no probe steps; A from "
-                f"per-domain gradients preconditioned by Adam's state, an estimate every {self.grad_interval} steps)")
+                f"per-domain gradients preconditioned by Adam's state, an estimate every {self.grad_interval} steps)"
+                + f"\n- aioli-look: the same with --aioli-estimator lookahead (A from the validation loss change of a "
+                f"virtual step along each domain's preconditioned gradient, every {self.grad_interval} steps)")
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -284,10 +286,14 @@ def _learned(spec: QualitySpec, method: str, root: str, domains: list[str], seed
     return _static(spec, os.path.join(root, "final"), domains, seed, weights, f"{method} seed {seed}"), extra
 
 
+PROBE_FREE = {"aioli-grad": "gradient", "aioli-look": "lookahead"}
+"""Rows of Aioli with a probe-free estimator: row name -> --aioli-estimator."""
+
+
 def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], seed: int) -> dict:
     """One method's final run on one setting and seed, with the extra steps its learning cost.
 
-    Methods: stratified, aioli, aioli-grad (Aioli's probe-free gradient estimator), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
+    Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
     X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
     """
@@ -298,9 +304,10 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
                            label=f"stratified seed {seed}"), 0
     elif method == "aioli":
         rec, extra = train(spec, final, domains, seed, spec.aioli_flags(k), label=f"aioli seed {seed}"), 0
-    elif method == "aioli-grad":
-        flags = [*spec.aioli_flags(k), "--aioli-estimator", "gradient", "--aioli-grad-interval", str(spec.grad_interval)]
-        rec, extra = train(spec, final, domains, seed, flags, label=f"aioli-grad seed {seed}"), 0
+    elif method in PROBE_FREE:
+        flags = [*spec.aioli_flags(k), "--aioli-estimator", PROBE_FREE[method],
+                 "--aioli-grad-interval", str(spec.grad_interval)]
+        rec, extra = train(spec, final, domains, seed, flags, label=f"{method} seed {seed}"), 0
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
         wf = _weights_file(os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
         rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0
