@@ -135,29 +135,54 @@ def test_adam_estimate_uses_the_optimizer_state():
     assert np.isnan(got.a[:, 1]).all() and got.column_steps.tolist() == [1, 0, 1]
 
 
-def test_lookahead_is_the_exact_loss_change_of_a_virtual_step():
-    """Lookahead on the quadratic: L_i(θ) − L_i(θ − lr·P g_j) = lr⟨v_i, P g_j⟩ − ½ lr² Σ h (P g_j)², exactly
-    (rtol 1e-10: a difference of two float64 losses); θ is restored bit for bit; a domain absent from
-    the batch has no column."""
+def test_lookahead_is_the_exact_loss_change_of_a_virtual_adam_step():
+    """Lookahead on the quadratic: A[i, j] = L_i(θ) − L_i(θ − δ_j) = ⟨v_i, δ_j⟩ − ½ Σ h δ_j², exactly (rtol
+    1e-10: a difference of two float64 losses), with δ_j Adam's update at step t + 1 had the step's
+    gradient been g_j (computed here from the optimizer's state by hand); θ and the optimizer's state
+    are left bit for bit as they were; a domain absent from the batch has no column."""
     model = Quadratic(seed=3)
     opt = _trained_adam(model)
     lr = 0.05
     theta = model.theta.detach().clone()
+    state = {k: v.clone() for k, v in opt.state[model.theta].items()}
     est, draws = estimator_for(model, opt, mode="lookahead")
     batch = make_batch([0, 0, 2, 2, 2, 0])
     got = gradient_estimate(est.before_step(4, batch, lr).numpy(), K)
     assert torch.equal(model.theta.detach(), theta)
-    p = 1.0 / ((opt.state[model.theta]["exp_avg_sq"] / (1 - 0.95 ** 3)).sqrt() + 1e-8)
-    first = closed_form_a(model, batch, draws, 4, p, lr)
+    assert all(torch.equal(state[k], v) for k, v in opt.state[model.theta].items())
+    m, v = state["exp_avg"], state["exp_avg_sq"]
     windows = torch.cat([mb.windows for mb in batch.micro_batches])
     ids = torch.cat([mb.domain_id for mb in batch.micro_batches])
+    cpu = torch.device("cpu")
     for j in (0, 2):
-        step = lr * p * model.grad_of_mean(windows[ids == j][:, 1:])
-        np.testing.assert_allclose(got.a[:, j], first[:, j] - 0.5 * float((model.h * step * step).sum()), rtol=1e-10)
+        g = model.grad_of_mean(windows[ids == j][:, 1:])
+        m_hat = (0.9 * m + 0.1 * g) / (1 - 0.9 ** 4)
+        v_hat = (0.95 * v + 0.05 * g * g) / (1 - 0.95 ** 4)
+        delta = lr * m_hat / (v_hat.sqrt() + 1e-8)
+        for i in range(K):
+            vi = model.grad_of_mean(draws.batch(i, 4, cpu)[1])
+            want = float((vi * delta).sum()) - 0.5 * float((model.h * delta * delta).sum())
+            np.testing.assert_allclose(got.a[i, j], want, rtol=1e-10)
     assert np.isnan(got.a[:, 1]).all()
-    val = [draws.batch(i, 4, torch.device("cpu")) for i in range(K)]
     with torch.no_grad():
-        np.testing.assert_allclose(got.val_loss, [float(model(t, y).mean()) for t, y, _ in val], rtol=1e-14)
+        np.testing.assert_allclose(got.val_loss, [float(model(t, y).mean()) for t, y, _ in
+                                                  (draws.batch(i, 4, cpu) for i in range(K))], rtol=1e-14)
+
+
+def test_lookahead_with_sgd_steps_along_the_gradient():
+    """P = I (plain SGD): δ_j = lr·g_j, so A[i, j] = lr⟨v_i, g_j⟩ − ½ lr² Σ h g_j² (the gradient estimate
+    minus the step's own second-order term)."""
+    model = Quadratic(seed=4)
+    lr = 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    batch = make_batch([1, 1, 2, 0])
+    first = gradient_estimate(estimator_for(model, opt)[0].before_step(2, batch, lr).numpy(), K).a
+    got = gradient_estimate(estimator_for(model, opt, mode="lookahead")[0].before_step(2, batch, lr).numpy(), K).a
+    windows = torch.cat([mb.windows for mb in batch.micro_batches])
+    ids = torch.cat([mb.domain_id for mb in batch.micro_batches])
+    for j in range(K):
+        g = model.grad_of_mean(windows[ids == j][:, 1:])
+        np.testing.assert_allclose(got[:, j], first[:, j] - 0.5 * lr ** 2 * float((model.h * g * g).sum()), rtol=1e-10)
 
 
 def test_lookahead_refuses_low_precision_parameters():

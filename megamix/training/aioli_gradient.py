@@ -30,24 +30,28 @@ partitions, one all-reduce per parameter tensor). ZeRO 3 is refused: per-domain 
 needs whole parameters.
 
 **Per-step value** (what :meth:`AioliGradientEstimator.before_step` returns, float64
-(K+1)×(K+1), identical on every rank): ``[:K, :K]`` lr·⟨v_i, P g_j⟩ averaged over the ranks
-with domain j (0 where no rank had it), ``[K, :K]`` 1 where some rank had domain j,
+(K+1)×(K+1), identical on every rank): ``[:K, :K]`` lr·⟨v_i, P g_j⟩ (lookahead:
+L_i(θ) − L_i(θ − δ_j)) averaged over the ranks with domain j (0 where no rank had it), ``[K, :K]`` 1 where some rank had domain j,
 ``[:K, K]`` the mean validation loss of domain i's micro-batches, ``[K, K]`` 1. Summed over
 a round's estimated steps, ``megamix.mixing.aioli.gradient_estimate`` turns the sum into A (columns divided by their
 own step counts), the mean micro-batch validation losses and the number of steps estimated.
 
-**Lookahead** (``--aioli-estimator lookahead``, ``mode="lookahead"``): instead of the
-inner product, take the virtual step θ' = θ − lr · P g_j for each domain j, evaluate each
-validation micro-batch there (no grad, eval mode) and put A[i, j] = L_i(θ) − L_i(θ'), then
-restore θ bit for bit. This is the same first-order term plus the second-order cost of
-the step (½ lr² (P g_j)ᵀ H_i (P g_j): curvature times the step's own noise), which a
-probe of real steps pays and the inner product does not. It costs K·K validation
-forwards instead of K validation backwards, and needs fp32 parameters (a step of lr·P·g
-is below bf16's resolution).
+**Lookahead** (``--aioli-estimator lookahead``, ``mode="lookahead"``): a virtual one-step
+probe per domain. From the optimizer's own moments (m, v, step t), the update Adam would
+make if this step's gradient were g_j alone is δ_j = lr · m̂'/(√v̂' + ε) with
+m' = β₁m + (1 − β₁)g_j and v' = β₂v + (1 − β₂)g_j² (bias-corrected at t + 1; plain SGD:
+δ_j = lr · g_j). Take θ − δ_j, evaluate each validation micro-batch there (no grad, eval
+mode), set A[i, j] = L_i(θ) − L_i(θ − δ_j), then restore θ bit for bit. Unlike the
+inner product this keeps what a real step pays for its curvature and noise, and Adam's own
+bound on a step (g/√v' cannot blow up where v is small); the momentum's share of δ_j is
+the same for every j, so it shifts each row of A alike, which normalisation and the EG
+step ignore. Weight decay (the same for every j) and gradient clipping are left out. It
+costs K·K validation forwards instead of K validation backwards and needs fp32 parameters
+(a step of lr·m̂/√v̂ is below bf16's resolution).
 
 Memory: K preconditioned training gradients in the parameters' dtype, one validation
-gradient being dotted (lookahead: a copy of the parameters instead), and P in float32;
-refused before training when they cannot fit.
+gradient being dotted, and P in float32 (lookahead: K raw gradients, Adam's two moments,
+the step and a copy of the parameters); refused before training when they cannot fit.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ class IdentityPreconditioner:
         """P as a scalar 1 (it broadcasts over the flat gradient)."""
         return torch.ones((), dtype=dtype, device=device)
 
+    def update(self, device: torch.device, dtype: torch.dtype):
+        """SGD's update direction (to be scaled by lr) for a gradient: the gradient itself."""
+        return lambda g: g.to(dtype)
+
 
 class AdamPreconditioner:
     """Adam's diag(1/(√v̂ + ε)) for each parameter of ``params``, read from ``optimizer``'s actual state.
@@ -95,7 +103,7 @@ class AdamPreconditioner:
         self.params = params
         self.master = self._master_copies()
         group = self.adam.param_groups[0]
-        self.beta2, self.eps = float(group["betas"][1]), float(group["eps"])
+        self.beta1, self.beta2, self.eps = float(group["betas"][0]), float(group["betas"][1]), float(group["eps"])
 
     def _master_copies(self) -> dict[int, torch.Tensor]:
         """id(model parameter) -> its fp32 master copy in DeepSpeed's 16-bit ZeRO-0 wrapper (else empty)."""
@@ -111,11 +119,11 @@ class AdamPreconditioner:
                 return int(state["step"])
         return 0
 
-    def _exp_avg_sq(self, p: torch.Tensor) -> torch.Tensor:
+    def _state(self, p: torch.Tensor, key: str) -> torch.Tensor:
         if hasattr(p, "_hp_mapping"):  # ZeRO 1-2 (and DeepSpeed's bf16 optimizer): gathered from partitions
             from deepspeed.utils import safe_get_full_optimizer_state
 
-            return safe_get_full_optimizer_state(p, "exp_avg_sq")
+            return safe_get_full_optimizer_state(p, key)
         if hasattr(p, "ds_id"):
             raise ValueError("--aioli-estimator gradient needs whole parameters on every rank: "
                              "use --zero-stage 0, 1 or 2")
@@ -123,7 +131,7 @@ class AdamPreconditioner:
         if q not in self.adam.state:
             raise ValueError(f"--aioli-estimator gradient: the optimizer has no state for a parameter of shape "
                              f"{tuple(p.shape)} (is it trained by this optimizer?)")
-        return self.adam.state[q]["exp_avg_sq"]
+        return self.adam.state[q][key]
 
     def _relink_partitions(self) -> None:
         """Point every parameter's ZeRO 1-2 state fragment at the optimizer's current state.
@@ -147,11 +155,29 @@ class AdamPreconditioner:
         t = self.steps()
         if t == 0:
             return None
-        self._relink_partitions()
-        correction = 1.0 - self.beta2 ** t
-        parts = [self._exp_avg_sq(p).reshape(-1).to(device, dtype) for p in self.params]
-        v_hat = torch.cat(parts) / correction
+        v_hat = self._flat_state("exp_avg_sq", device, dtype) / (1.0 - self.beta2 ** t)
         return 1.0 / (v_hat.sqrt_() + self.eps)
+
+    def _flat_state(self, key: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """One moment of every parameter as one flat vector (a collective at ZeRO 1-2)."""
+        self._relink_partitions()
+        return torch.cat([self._state(p, key).reshape(-1).to(device, dtype) for p in self.params])
+
+    def update(self, device: torch.device, dtype: torch.dtype):
+        """Adam's next update direction (to be scaled by lr) as a function of the step's gradient g,
+        from its own moments: m̂'/(√v̂' + ε) at step t + 1; None before its first update."""
+        t = self.steps()
+        if t == 0:
+            return None
+        m, v = self._flat_state("exp_avg", device, dtype), self._flat_state("exp_avg_sq", device, dtype)
+        b1, b2, eps = self.beta1, self.beta2, self.eps
+        c1, c2 = 1.0 - b1 ** (t + 1), 1.0 - b2 ** (t + 1)
+
+        def direction(g: torch.Tensor) -> torch.Tensor:
+            g = g.to(dtype)
+            return (m * b1 + g * (1 - b1)) / c1 / (((v * b2 + g * g * (1 - b2)) / c2).sqrt_() + eps)
+
+        return direction
 
 
 def make_preconditioner(optimizer, params: list[torch.Tensor]):
@@ -220,13 +246,14 @@ class AioliGradientEstimator(SignalProvider):
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.dtype = self.params[0].dtype
         if mode == "lookahead" and self.dtype != torch.float32 and self.dtype != torch.float64:
-            raise ValueError(f"--aioli-estimator lookahead needs fp32 parameters (a virtual step of lr·P·g is below "
+            raise ValueError(f"--aioli-estimator lookahead needs fp32 parameters (a virtual Adam step is below "
                              f"the resolution of {self.dtype}): use --aioli-estimator gradient")
         self.work = torch.promote_types(self.dtype, torch.float32)  # P, and P g before it is stored
         self.numel = sum(p.numel() for p in self.params)
         self.preconditioner = make_preconditioner(optimizer, self.params)
-        extra = -(-self.work.itemsize // self.dtype.itemsize)  # P in at least float32 (lookahead: θ's copy instead of v)
-        check_buffer_fits(num_domains + 1 + extra, self.numel, self.dtype, self.device, "--aioli-estimator gradient")
+        extra = -(-self.work.itemsize // self.dtype.itemsize)  # P in at least float32
+        vectors = num_domains + 1 + (4 if mode == "lookahead" else extra)  # lookahead: m, v, the step, θ's copy
+        check_buffer_fits(vectors, self.numel, self.dtype, self.device, f"--aioli-estimator {mode}")
 
     def before_step(self, step: int, batch, lr: float) -> torch.Tensor | None:
         """The (K+1)×(K+1) value of optimizer step ``step`` (all-reduced), or None when not estimated.
@@ -236,54 +263,52 @@ class AioliGradientEstimator(SignalProvider):
         """
         if step % self.interval or step == 0:
             return None
-        p_flat = self.preconditioner.flat(self.device, self.work)
-        if p_flat is None:
+        lookahead = self.mode == "lookahead"
+        rule = (self.preconditioner.update if lookahead else self.preconditioner.flat)(self.device, self.work)
+        if rule is None:
             return None
         was_training = self.module.training
         self.module.train()
-        local = self._local(step // self.interval, batch, p_flat, lr)
-        self.module.train(was_training)
-        return self._combine(all_reduce_sum(local), lr if self.mode == "gradient" else 1.0)
-
-    def _local(self, estimate: int, batch, p_flat: torch.Tensor, lr: float) -> torch.Tensor:
-        """This rank's products (or lookahead loss changes), presence and validation losses, as all-reduced."""
-        k = self.k
-        out = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=self.device)
-        pg, present = self.preconditioned_domain_grads(batch.micro_batches, p_flat)
-        if self.mode == "lookahead":
-            self._lookahead(out, pg, present, estimate, lr)
+        estimate = step // self.interval
+        grads, present = self.domain_grads(batch.micro_batches, None if lookahead else rule)
+        out = torch.zeros(self.k + 1, self.k + 1, dtype=torch.float64, device=self.device)
+        if lookahead:
+            self._lookahead(out, grads, present, estimate, lr, rule)
         else:
-            for i in range(k):
-                v, out[i, k] = self._val_grad(i, estimate)
-                for j in np.flatnonzero(present):
-                    out[i, j] = torch.dot(pg[j].double(), v.double())
-        out[k, :k] = torch.from_numpy(present.astype(np.float64))
-        out[k, k] = 1.0
-        return out
+            self._products(out, grads, present, estimate)
+        out[self.k, :self.k] = torch.from_numpy(present.astype(np.float64))
+        out[self.k, self.k] = 1.0
+        self.module.train(was_training)
+        return self._combine(all_reduce_sum(out), 1.0 if lookahead else lr)
+
+    def _products(self, out: torch.Tensor, pg: torch.Tensor, present: np.ndarray, estimate: int) -> None:
+        """out[i, j] = ⟨v_i, P g_j⟩ and out[i, K] = the validation micro-batch loss, on this rank."""
+        for i in range(self.k):
+            v, out[i, self.k] = self._val_grad(i, estimate)
+            for j in np.flatnonzero(present):
+                out[i, j] = torch.dot(pg[j].double(), v.double())
 
     @torch.no_grad()
-    def _lookahead(self, out: torch.Tensor, pg: torch.Tensor, present: np.ndarray, estimate: int,
-                   lr: float) -> None:
-        """out[i, j] = L_i(θ) − L_i(θ − lr·P g_j) and out[i, K] = L_i(θ), θ restored exactly after each j."""
+    def _lookahead(self, out: torch.Tensor, grads: torch.Tensor, present: np.ndarray, estimate: int,
+                   lr: float, direction) -> None:
+        """out[i, j] = L_i(θ) − L_i(θ − lr·direction(g_j)) and out[i, K] = L_i(θ); θ restored exactly."""
         k = self.k
         batches = [self.validation.batch(i, estimate, self.device) for i in range(k)]
         self.module.eval()
         base = [self._val_loss(b) for b in batches]
         saved = [p.detach().clone() for p in self.params]
-        try:
-            for j in np.flatnonzero(present):
-                offset = 0
+        for j in np.flatnonzero(present):
+            try:
+                delta, offset = direction(grads[j]), 0
                 for p in self.params:
-                    n = p.numel()
-                    p.sub_(pg[j, offset:offset + n].view_as(p), alpha=lr)
-                    offset += n
+                    p.sub_(delta[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=lr)
+                    offset += p.numel()
+                del delta
                 for i in range(k):
                     out[i, j] = base[i] - self._val_loss(batches[i])
+            finally:
                 for p, s in zip(self.params, saved):
                     p.copy_(s)
-        finally:
-            for p, s in zip(self.params, saved):
-                p.copy_(s)
         for i in range(k):
             out[i, k] = base[i]
 
@@ -293,9 +318,9 @@ class AioliGradientEstimator(SignalProvider):
         losses = self.module(tokens, labels).double() * mask.double()
         return losses.sum() / mask.sum().clamp_min(1.0)
 
-    def preconditioned_domain_grads(self, micro_batches: list, p_flat: torch.Tensor) -> tuple[torch.Tensor,
-                                                                                               np.ndarray]:
-        """P g_j^r for each domain j (K × numel, parameters' dtype) and which domains this rank has.
+    def domain_grads(self, micro_batches: list, p_flat: torch.Tensor | None) -> tuple[torch.Tensor, np.ndarray]:
+        """P g_j^r for each domain j (K × numel, parameters' dtype; g_j^r itself when ``p_flat`` is None)
+        and which domains this rank has.
 
         g_j^r is the gradient of the mean token loss of this rank's samples of domain j,
         taken over the given micro-batches regrouped by domain (micro_batch_size per pass).
@@ -314,7 +339,8 @@ class AioliGradientEstimator(SignalProvider):
                 chunk = rows[start:start + self.mbs]
                 losses = self.module(chunk[:, :-1], chunk[:, 1:])
                 grads[d] += flat_grad(losses.sum() / tokens, self.params, self.dtype)
-            grads[d] = (grads[d].to(self.work) * p_flat).to(self.dtype)
+            if p_flat is not None:
+                grads[d] = (grads[d].to(self.work) * p_flat).to(self.dtype)
         return grads, present
 
     def _val_grad(self, domain: int, estimate: int) -> tuple[torch.Tensor, torch.Tensor]:
