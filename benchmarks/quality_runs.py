@@ -71,7 +71,7 @@ class QualitySpec:
                 + f"\n- aioli-grad: the same recipe per K with --aioli-estimator gradient (no probe steps; A from "
                 f"per-domain gradients preconditioned by Adam's state, an estimate every {self.grad_interval} steps)"
                 + f"\n- aioli-look: the same with --aioli-estimator lookahead (A from the validation loss change of a "
-                f"virtual step along each domain's preconditioned gradient, every {self.grad_interval} steps)")
+                f"virtual Adam step on each domain's gradient, every {self.grad_interval} steps)")
 
     def to_dict(self) -> dict:
         """JSON-able form."""

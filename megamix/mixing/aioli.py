@@ -62,7 +62,7 @@ class AioliConfig:
     estimator: str = option("probes", "--aioli-estimator",
                             "how A is learned: probes (the paper's LearnParams), gradient (per-domain gradients "
                             "preconditioned by the optimizer's state, no probe steps) or lookahead (the validation loss "
-                            "change of a virtual step along each domain's preconditioned gradient)",
+                            "change of a virtual Adam step on each domain's gradient)",
                             choices=ESTIMATORS)
     grad_interval: int = option(1, "--aioli-grad-interval", "steps between gradient estimates of A (default 1)")
 
