@@ -75,15 +75,22 @@ def one_case(stage: int, precision: str, rank: int) -> dict:
                                       config=cfg)
     train(engine, rank, precision)
     params = [p for p in engine.module.parameters() if p.requires_grad]
-    p_ds = make_preconditioner(engine.optimizer, params).flat(torch.device("cpu"), torch.float32)
+    pre = make_preconditioner(engine.optimizer, params)
+    p_ds = pre.flat(torch.device("cpu"), torch.float32)
     out = {"p": p_ds.tolist()}
+    if precision == "fp32":  # Adam's next step with a zero gradient: the momentum term, from m and v
+        out["update"] = pre.update(torch.device("cpu"), torch.float32)(torch.zeros_like(p_ds)).tolist()
     draws = ValidationDraws([Valid(d) for d in range(K)], None, MBS, rank, 2)
     est = AioliGradientEstimator(engine.module, engine.optimizer, K, torch.device("cpu"), draws, MBS, 1, stage)
     windows, dom = global_batch(2)
     mine = [MicroBatch(windows[4 * rank + m: 4 * rank + m + MBS], dom[4 * rank + m: 4 * rank + m + MBS])
             for m in range(0, 4, MBS)]
-    value = est.before_step(2, StepBatch(2, mine, np.bincount(dom.numpy(), minlength=K) * float(SEQ)), 1e-2)
-    out["estimate"] = value.tolist()
+    batch = StepBatch(2, mine, np.bincount(dom.numpy(), minlength=K) * float(SEQ))
+    out["estimate"] = est.before_step(2, batch, 1e-2).tolist()
+    if precision == "fp32":
+        look = AioliGradientEstimator(engine.module, engine.optimizer, K, torch.device("cpu"), draws, MBS, 1, stage,
+                                      "lookahead")
+        out["lookahead"] = look.before_step(2, batch, 1e-2).tolist()
     return out
 
 
