@@ -39,7 +39,7 @@ sys.path.insert(0, REPO)
 
 from benchmarks.paper_profile import aioli_recipe, parse_settings  # noqa: E402
 from benchmarks.quality_runs import QualitySpec, paper_spec, run_setting  # noqa: E402
-from benchmarks.quality_table import headroom_notes, markdown_table, summarize  # noqa: E402
+from benchmarks.quality_table import METRICS, headroom_notes, markdown_table, summarize  # noqa: E402
 from megamix.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 SETTINGS = {
@@ -140,22 +140,28 @@ def plan(profile: str, methods: list[str], k: int, seeds: int, aux_seeds: int) -
     return out
 
 
-def _write(out: str, spec: QualitySpec, ks: list[int], summary: dict, settings: dict, methods: list[str],
-           planned: dict, records: list[dict], wall: float) -> str:
+def _write(out: str, spec: QualitySpec, ks: list[int], records: list[dict], settings: dict, methods: list[str],
+           planned: dict, wall: float) -> str:
+    summaries = {m: summarize(records, list(settings), methods, m) for m in METRICS}
+    summary = summaries["avg_test_ppl"]
     table = markdown_table(summary, list(settings), methods, planned)
+    loss_table = markdown_table(summaries["avg_test_loss"], list(settings), methods, planned)
     notes = headroom_notes(summary, list(settings))
     done = sum(1 for r in records if r.get("wall_s") is not None)
     train_s = sum(r["wall_s"] for r in records if r.get("wall_s") is not None)
     text = (f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`\n\n{spec.describe(ks)}\n\n"
             "Settings: " + "; ".join(f"{n} = {', '.join(d)}" for n, d in settings.items()) + "\n\n"
-            f"{table}\n" + ("\nHeadroom (static tilts vs stratified):\n" + "\n".join(notes) + "\n" if notes else "")
+            f"Average test perplexity (the paper's metric):\n\n{table}\n"
+            + ("\nHeadroom (static tilts vs stratified):\n" + "\n".join(notes) + "\n" if notes else "")
+            + f"\nAverage test loss (mean log perplexity over domains: what Aioli's law optimises):\n\n{loss_table}\n"
             + f"\nFinal runs: {len(records)} ({done} timed, {train_s:.0f} s of their training); "
               f"this invocation {wall:.0f} s.\n")
     os.makedirs(out, exist_ok=True)
     atomic_write_text(os.path.join(out, "results.md"), text)
     atomic_write_json(os.path.join(out, "results.json"),
                       {"spec": spec.to_dict(), "settings": settings, "planned": planned, "runs": records,
-                       "summary": summary, "wall_s_this_invocation": wall}, indent=1)
+                       "summary": summary, "summary_loss": summaries["avg_test_loss"],
+                       "wall_s_this_invocation": wall}, indent=1)
     return table
 
 
@@ -181,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     t0, records = time.time(), []
     for name, domains in settings.items():
         records += run_setting(spec, name, domains, [(m, s) for m, s in planned[name].items() if s])
-        table = _write(args.out, spec, ks, summarize(records, list(settings), methods), settings, methods,
-                       planned, records, time.time() - t0)
+        table = _write(args.out, spec, ks, records, settings, methods, planned, time.time() - t0)
     print(table)
     print(f"wrote {args.out}/results.md and results.json ({time.time() - t0:.0f} s this invocation)")
     return 0

@@ -161,6 +161,7 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
     wall = read_json(wall_file, wall_file)["wall_s"] if os.path.isfile(wall_file) else None
     print(f"  {label or run_dir}: avg test ppl {res['avg_test_ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return {"run_dir": run_dir, "steps": iters, "test_ppl": res["test_ppl"], "avg_test_ppl": res["avg_test_ppl"],
+            "avg_test_loss": res["avg_test_loss"],
             "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"], "wall_s": wall}
 
 

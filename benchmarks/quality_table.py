@@ -32,20 +32,29 @@ def paired_stats(diffs: list[float], level: float = 0.95) -> dict:
     return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
 
 
-def summarize(records: list[dict], settings: list[str], methods: list[str]) -> dict:
-    """Per setting and method: average test perplexity (mean, std) and the paired-difference statistics."""
+METRICS = {"avg_test_ppl": ("average test perplexity", 2), "avg_test_loss": ("average test loss", 4)}
+"""Metrics a table can be made of: record key -> (name, decimals)."""
+
+
+def summarize(records: list[dict], settings: list[str], methods: list[str], metric: str = "avg_test_ppl") -> dict:
+    """Per setting and method: the metric (mean, std over seeds) and its paired-difference statistics.
+
+    ``metric``: a key of :data:`METRICS` — the paper's average test perplexity, or the average
+    test loss (the mean over domains of log perplexity: the objective Aioli's law optimises).
+    """
     out: dict = {}
     for s in settings:
-        base = {r["seed"]: r["avg_test_ppl"] for r in records if r["setting"] == s and r["method"] == "stratified"}
+        base = {r["seed"]: r[metric] for r in records if r["setting"] == s and r["method"] == "stratified"}
         out[s] = {}
         for m in methods:
             runs = [r for r in records if r["setting"] == s and r["method"] == m]
-            ppl = np.array([r["avg_test_ppl"] for r in runs])
-            diff = paired_stats([r["avg_test_ppl"] - base[r["seed"]] for r in runs if r["seed"] in base])
+            value = np.array([r[metric] for r in runs])
+            diff = paired_stats([r[metric] - base[r["seed"]] for r in runs if r["seed"] in base])
             out[s][m] = {
                 "seeds": len(runs),
-                "avg_test_ppl_mean": float(ppl.mean()) if len(ppl) else None,
-                "avg_test_ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else None,
+                "metric": metric,
+                "mean": float(value.mean()) if len(value) else None,
+                "std": float(value.std(ddof=1)) if len(value) > 1 else None,
                 "diff": diff,
                 "diff_mean": diff["mean"],
                 "diff_std": diff["std"],
@@ -59,21 +68,22 @@ def _cell(e: dict, method: str, planned: int) -> str:
         return "n/a"
     if e["seeds"] == 0:
         return f"not run (0/{planned})"
+    dp = METRICS[e["metric"]][1]
     of = f"n={e['seeds']}" + (f"/{planned}" if e["seeds"] < planned else "")
     if method == "stratified":
-        std = "" if e["avg_test_ppl_std"] is None else f" ± {e['avg_test_ppl_std']:.2f}"
-        return f"{e['avg_test_ppl_mean']:.2f}{std} ({of})"
+        std = "" if e["std"] is None else f" ± {e['std']:.{dp}f}"
+        return f"{e['mean']:.{dp}f}{std} ({of})"
     d = e["diff"]
     if d["n"] == 0:
         return f"no stratified pair ({of})"
     if d["std"] is None:
-        return f"{d['mean']:+.2f} ({of})"
-    return f"{d['mean']:+.2f} ± {d['std']:.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] ({of})"
+        return f"{d['mean']:+.{dp}f} ({of})"
+    return f"{d['mean']:+.{dp}f} ± {d['std']:.{dp}f} [{d['lo']:+.{dp}f}, {d['hi']:+.{dp}f}] ({of})"
 
 
 def markdown_table(summary: dict, settings: list[str], methods: list[str],
                    planned: dict | None = None) -> str:
-    """Stratified as absolute average test perplexity; every other method as its paired difference.
+    """Stratified as the absolute metric; every other method as its paired difference to it.
 
     ``planned[setting][method]`` is the number of seeds meant to run (0: not applicable there);
     cells with fewer finished seeds say so, so a partial table is honest about what has run.

@@ -101,8 +101,8 @@ def test_paired_stats_t_interval():
 
 
 def _records(setting, method, ppls):
-    return [{"setting": setting, "method": method, "seed": i + 1, "avg_test_ppl": p, "extra_steps": 0}
-            for i, p in enumerate(ppls)]
+    return [{"setting": setting, "method": method, "seed": i + 1, "avg_test_ppl": p, "avg_test_loss": math.log(p),
+             "extra_steps": 0} for i, p in enumerate(ppls)]
 
 
 def test_table_counts_intervals_below_zero_and_signs_and_marks_partial_cells():
@@ -119,6 +119,10 @@ def test_table_counts_intervals_below_zero_and_signs_and_marks_partial_cells():
     assert "(n=2/3)" in rows["stratified"] and "-1.00 ± 0.00" in rows["p0.45"]
     notes = headroom_notes(summary, settings)
     assert len(notes) == 1 and notes[0].startswith("- s3: best reachable tilt p0.45 -1.00 (n=2)")
+    loss = markdown_table(summarize(recs, settings, methods, "avg_test_loss"), settings, methods, planned)
+    rows = {line.split(" | ")[0][2:]: line for line in loss.splitlines()[2:]}
+    assert f"{np.mean(np.log([10, 11, 12])):.4f} ± " in rows["stratified"]
+    assert f"{np.mean(np.log([9.0, 10.1, 10.9]) - np.log([10, 11, 12])):+.4f} ± " in rows["aioli"]
 
 
 # ---------------------------------------------------------------- runs (training mocked)
@@ -164,7 +168,7 @@ def test_report_only_trains_nothing_and_skips_unfinished_runs(tmp_path, capsys):
     done = tmp_path / "s" / "stratified" / "seed1" / "final"
     done.mkdir(parents=True)
     (done / "test_results.json").write_text('{"test_ppl": {"a": 2.0, "b": 4.0}, "avg_test_ppl": 3.0, '
-                                            '"worst_domain": "b", "worst_test_ppl": 4.0}')
+                                            '"avg_test_loss": 1.04, "worst_domain": "b", "worst_test_ppl": 4.0}')
     recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 2), ("aioli", 2)])
     assert [(r["method"], r["seed"], r["avg_test_ppl"]) for r in recs] == [("stratified", 1, 3.0)]
     assert "aioli seed 1: not run yet" in capsys.readouterr().out
