@@ -153,10 +153,11 @@ class PhaseLoop:
         state.signal_sums = {}
 
     def _evaluate(self, iteration: int) -> np.ndarray:
+        t0 = time.perf_counter()
         val = self.evaluator.evaluate(self.engine)
         self.metrics.record({"event": "eval", "step": iteration, "val_loss": self._named(val),
                              "val_ppl": self._named(perplexity(val)),
-                             "avg_val_loss": float(np.nanmean(val))})
+                             "avg_val_loss": float(np.nanmean(val)), "eval_s": time.perf_counter() - t0})
         return val
 
     # ------------------------------------------------------------------ steps
