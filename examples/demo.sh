@@ -41,15 +41,24 @@ export TRAIN_ARGS="--micro-batch-size 8 --global-batch-size 16 --train-iters $DE
 --eval-samples-per-domain 64 --eval-micro-batch-size 64 --test-samples-per-domain 512 --log-interval 10 \
 --save-interval 100 --data-cache-path $DATA_DIR/cache"
 SPLIT="--split 98,1,1"  # after pretrain_gpt_mix.sh's own --split, so this one holds
+AIOLI_ARGS="$SPLIT --aioli-estimator gradient --aioli-grad-interval 25 --aioli-eta 1 --aioli-update cumulative \
+--aioli-prior-steps $ROUND"
+
+# finished runs are reused, so they must be runs of this recipe (an older demo's are not)
+RECIPE="$MODEL_ARGS $TRAIN_ARGS $AIOLI_ARGS ZERO_STAGE=$ZERO_STAGE NUM_GPUS=${NUM_GPUS:-2}"
+mkdir -p "$DEMO_DIR"
+if [ -f "$DEMO_DIR/recipe.txt" ] && [ "$(cat "$DEMO_DIR/recipe.txt")" != "$RECIPE" ] \
+    || { [ ! -f "$DEMO_DIR/recipe.txt" ] && [ -n "$(ls -A "$DEMO_DIR")" ]; }; then
+    echo "$DEMO_DIR holds runs of another demo recipe; delete it or set DEMO_DIR to a new directory" >&2
+    exit 2
+fi
+echo "$RECIPE" > "$DEMO_DIR/recipe.txt"
 
 echo "== [2/4] Aioli: $DEMO_ITERS steps on ${#DOMAINS[@]} domains (progress below)"
 if [ ! -f "$DEMO_DIR/aioli/test_results.json" ]; then
     # megamix's K >= 4 recipe (cumulative update, eta 1, one round on the uniform prior first)
     # with A estimated from per-domain gradients every 25 steps instead of probe phases
-    RUN_DIR="$DEMO_DIR/aioli" METHOD=aioli \
-        EXTRA_ARGS="$SPLIT --aioli-estimator gradient --aioli-grad-interval 25 --aioli-eta 1 \
---aioli-update cumulative --aioli-prior-steps $ROUND" \
-        MASTER_PORT=29531 bash examples/pretrain_gpt_mix.sh 2>&1 | grep --line-buffered -v "^\[\|^W1\|Warning\|return func"
+    RUN_DIR="$DEMO_DIR/aioli" METHOD=aioli EXTRA_ARGS="$AIOLI_ARGS" MASTER_PORT=29531 bash examples/pretrain_gpt_mix.sh 2>&1 | grep --line-buffered -v "^\[\|^W1\|Warning\|return func"
 fi
 
 echo "== [3/4] stratified: $DEMO_ITERS steps, same model, seed and data"
