@@ -26,7 +26,8 @@ Design (one process, CPU or one GPU, no DeepSpeed):
 5. Judge the three ways Aioli can estimate A at this checkpoint against A*: ``probes``,
    A = B (Qᵀ)⁻¹ from the K probes at the q_j (one sweep of Aioli's LearnParams; these
    probes are also among A*'s, which favours them); ``gradient``, s · lr · ⟨v_i, P g_j⟩,
-   and ``lookahead``, s · (L_i(θ) − L_i(θ − lr · P g_j)), each averaged over
+   and ``lookahead``, s · (L_i(θ) − L_i(θ − δ_j)) with δ_j Adam's next step had the
+   step's gradient been g_j (from the loaded moments), each averaged over
    ``--grad-steps`` batches at the uniform mixture, with P from the loaded Adam state
    (``megamix.training.aioli_gradient``). For each: cosine and Spearman of the column
    sums and of the whole matrix.
