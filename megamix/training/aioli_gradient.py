@@ -295,7 +295,7 @@ class AioliGradientEstimator(SignalProvider):
         k = self.k
         batches = [self.validation.batch(i, estimate, self.device) for i in range(k)]
         self.module.eval()
-        base = [self._val_loss(b) for b in batches]
+        base = [self._val_loss(b, torch.float64) for b in batches]
         saved = [p.detach().clone() for p in self.params]
         for j in np.flatnonzero(present):
             try:
@@ -305,17 +305,19 @@ class AioliGradientEstimator(SignalProvider):
                     offset += p.numel()
                 del delta
                 for i in range(k):
-                    out[i, j] = base[i] - self._val_loss(batches[i])
+                    out[i, j] = base[i] - self._val_loss(batches[i], torch.float64)
             finally:
                 for p, s in zip(self.params, saved):
                     p.copy_(s)
         for i in range(k):
             out[i, k] = base[i]
 
-    def _val_loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The mean token loss of one validation micro-batch (float64 scalar)."""
+    def _val_loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The mean token loss of one validation micro-batch, summed in ``dtype`` (default: the losses')."""
         tokens, labels, mask = batch
-        losses = self.module(tokens, labels).double() * mask.double()
+        losses = self.module(tokens, labels)
+        losses = losses.to(dtype or losses.dtype) * mask.to(dtype or losses.dtype)
         return losses.sum() / mask.sum().clamp_min(1.0)
 
     def domain_grads(self, micro_batches: list, p_flat: torch.Tensor | None) -> tuple[torch.Tensor, np.ndarray]:
@@ -344,10 +346,7 @@ class AioliGradientEstimator(SignalProvider):
         return grads, present
 
     def _val_grad(self, domain: int, estimate: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, labels, mask = self.validation.batch(domain, estimate, self.device)
-        losses = self.module(tokens, labels)
-        losses = losses * mask.to(losses.dtype)
-        mean = losses.sum() / mask.sum().clamp_min(1.0)
+        mean = self._val_loss(self.validation.batch(domain, estimate, self.device))
         return flat_grad(mean, self.params, self.dtype), mean.detach().double()
 
     def _combine(self, summed: torch.Tensor, lr: float) -> torch.Tensor:
