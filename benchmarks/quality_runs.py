@@ -125,15 +125,48 @@ def _done(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "test_results.json"))
 
 
-def _check_same_domains(run_dir: str, domains: list[str]) -> None:
-    """A run directory left by a setting of the same name but other domains is an error, not a result."""
+RUN_NEUTRAL = ("training.save", "training.load", "data.data_cache_path", "logging")
+"""Config keys a finished run may differ in and still be this benchmark's run (where it lies, what it logs)."""
+
+
+def _run_config(cmd_flags: list[str], domains: list[str]) -> dict:
+    """The config.json that ``pretrain_gpt_mix.py cmd_flags`` would write, as JSON reads it back."""
+    from megamix.training.arguments import config_from_args, parse_args, tokenizer_config_from_args
+
+    args = parse_args(cmd_flags)
+    cfg = config_from_args(args, tokenizer_config_from_args(args))
+    return json.loads(json.dumps({**cfg.to_dict(), "domains": domains}))
+
+
+def config_differences(had: dict, want: dict, prefix: str = "") -> list[str]:
+    """``key: had -> want`` for every leaf where two run configs differ, except the RUN_NEUTRAL keys."""
+    out = []
+    for key in sorted(set(had) | set(want)):
+        path = f"{prefix}{key}"
+        if path in RUN_NEUTRAL:
+            continue
+        a, b = had.get(key, "(absent)"), want.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, path + ".")
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
+def _check_same_run(run_dir: str, domains: list[str], cmd_flags: list[str]) -> None:
+    """A run directory is resumed or reused only when it was started with this run's configuration.
+
+    Finished runs are skipped, so without this a changed flag (``--grad-interval``, the
+    domains of a setting, the recipe) would silently report the older run as the new one.
+    """
     path = os.path.join(run_dir, "config.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            had = json.load(f).get("domains")
-        if had is not None and list(had) != list(domains):
-            raise SystemExit(f"{run_dir} was trained on domains {had}, this setting has {domains}; "
-                             "give the setting another name or another --out")
+    if not os.path.isfile(path):
+        return
+    diffs = config_differences(read_json(path, path), _run_config(cmd_flags, domains))
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise SystemExit(f"{run_dir} was trained with another configuration ({shown}); give the setting "
+                         "another name or another --out, or remove that run directory")
 
 
 def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags: list[str],
@@ -141,14 +174,14 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
     """Train one run (resuming it if interrupted, skipping it if finished); return its record."""
     iters = iters or spec.train_iters
     t0 = time.time()
-    _check_same_domains(run_dir, domains)
+    cmd_flags = [*spec.base_flags(domains, seed, iters), *flags, "--save", run_dir, "--load", run_dir]
+    _check_same_run(run_dir, domains, cmd_flags)
     if not _done(run_dir) and spec.report_only:
         raise NotRun(run_dir)
     if not _done(run_dir):
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc}",
-               os.path.join(REPO, "pretrain_gpt_mix.py"), *spec.base_flags(domains, seed, iters), *flags,
-               "--save", run_dir, "--load", run_dir]
+               os.path.join(REPO, "pretrain_gpt_mix.py"), *cmd_flags]
         env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), PYTHONPATH=REPO)
         with open(os.path.join(run_dir, "train.log"), "a") as log:
             proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -1,5 +1,6 @@
 """benchmarks/mixing_quality.py's paper profile: probe scaling, settings, plan and the table statistics."""
 
+import json
 import math
 import os
 import sys
@@ -173,3 +174,45 @@ def test_report_only_trains_nothing_and_skips_unfinished_runs(tmp_path, capsys):
     assert [(r["method"], r["seed"], r["avg_test_ppl"]) for r in recs] == [("stratified", 1, 3.0)]
     assert "aioli seed 1: not run yet" in capsys.readouterr().out
     assert not (tmp_path / "s" / "aioli" / "seed1" / "final").exists()
+
+
+def test_config_differences_skip_where_a_run_lies_and_name_each_changed_leaf():
+    from benchmarks.quality_runs import config_differences
+
+    had = {"training": {"save": "a", "seed": 1}, "logging": {"log_interval": 10}, "mixing": {"options": {"x": 1}}}
+    want = {"training": {"save": "b", "seed": 1}, "logging": {"log_interval": 1}, "mixing": {"options": {"x": 2}},
+            "domains": ["a"]}
+    assert config_differences(had, had) == []
+    assert config_differences(had, want) == ["domains: '(absent)' -> ['a']", "mixing.options.x: 1 -> 2"]
+
+
+def test_a_run_started_with_other_flags_is_refused_not_reused(tmp_path):
+    """A finished run is skipped, so one trained with another --grad-interval (or other domains)
+    must stop the benchmark instead of being reported as this configuration's run."""
+    from benchmarks import quality_runs as qr
+    from megamix.data.tokenizer import train_sentencepiece
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    (corpus / "t.txt").write_text("\n".join(" ".join(words[(i + j) % 8] for j in range(9)) for i in range(300)))
+    train_sentencepiece(str(corpus / "t.txt"), str(corpus / "tokenizer"), vocab_size=300, seed=1)
+    spec = paper_spec(str(corpus), str(tmp_path / "out"), 1000)
+    spec.report_only = True
+    run_dir = str(tmp_path / "out" / "s" / "aioli-grad" / "seed1" / "final")
+    flags = lambda interval: aioli_recipe(2, 50).flags() + ["--aioli-estimator", "gradient",  # noqa: E731
+                                                              "--aioli-grad-interval", str(interval)]
+    cmd = [*spec.base_flags(["a", "b"], 1, 1000), *flags(25), "--save", run_dir, "--load", run_dir]
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(qr._run_config(cmd, ["a", "b"]), f)
+    with pytest.raises(qr.NotRun):  # same configuration: resumable (here: not trained, --report-only)
+        qr.train(spec, run_dir, ["a", "b"], 1, flags(25))
+    with pytest.raises(SystemExit, match=r"another configuration \(mixing.options.grad_interval: 25 -> 50\)"):
+        qr.train(spec, run_dir, ["a", "b"], 1, flags(50))
+    with pytest.raises(SystemExit, match=r"domains: \['a', 'b'\] -> \['b', 'a'\]"):
+        qr.train(spec, run_dir, ["b", "a"], 1, flags(25))
+    moved = paper_spec(str(corpus), str(tmp_path / "elsewhere"), 1000)  # another --out: cache path differs
+    moved.report_only = True
+    with pytest.raises(qr.NotRun):
+        qr.train(moved, run_dir, ["a", "b"], 1, flags(25))
