@@ -4,7 +4,8 @@ Six settings like Aioli's Table 1 — three 2-domain, two 3-domain and all 7 dom
 built-in corpus — or your own (``--setting NAME=d1,d2,...``, repeatable), each trained with
 every method at the same number of steps over several seeds. Every run is a 2-process
 ``pretrain_gpt_mix.py`` job; finished runs are skipped, so an interrupted benchmark resumes
-where it stopped, and the table is rewritten after every setting (cells say how many of the
+where it stopped (a run directory started with other flags — another --grad-interval, other
+domains — stops it, naming the keys that differ), and the table is rewritten after every setting (cells say how many of the
 planned seeds have run).
 
 Profiles:
