@@ -39,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.paper_profile import aioli_recipe, parse_settings  # noqa: E402
-from benchmarks.quality_runs import QualitySpec, paper_spec, run_setting  # noqa: E402
+from benchmarks.quality_runs import PPL, QualitySpec, paper_spec, run_setting  # noqa: E402
 from benchmarks.quality_table import METRICS, headroom_notes, markdown_table, summarize  # noqa: E402
 from megamix.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -58,7 +58,8 @@ PROFILES = {
     "paper": ["stratified", "aioli", "p0.45", "p0.55", "grid", "grid-half", "grid+aioli"],
 }
 MAIN_METHODS = ("stratified", "aioli", "aioli-grad", "aioli-look")
-"""Rows run on --seeds seeds; in the paper profile every other row runs on --aux-seeds seeds."""
+"""Rows run on --seeds seeds (so do their -ppl forms); in the paper profile every other row runs on
+--aux-seeds seeds."""
 PAPER_MAX_K = {"grid": 2, "grid-half": 3, "grid+aioli": 3, "dml-half": 3, "dml+aioli": 3}
 """Paper profile: the headroom rows run on 2-domain settings, the restricted rows on 2- and 3-domain ones."""
 
@@ -134,7 +135,7 @@ def plan(profile: str, methods: list[str], k: int, seeds: int, aux_seeds: int) -
     """(method, number of seeds) for one setting of K domains; 0 seeds where a row does not apply."""
     out = []
     for m in methods:
-        n = seeds if (profile != "paper" or m in MAIN_METHODS) else min(aux_seeds, seeds)
+        n = seeds if (profile != "paper" or m.removesuffix(PPL) in MAIN_METHODS) else min(aux_seeds, seeds)
         if profile == "paper" and (k > PAPER_MAX_K.get(m, k) or (m.startswith("p0") and k != 2)):
             n = 0
         out.append((m, n))

@@ -71,7 +71,9 @@ class QualitySpec:
                 + f"\n- aioli-grad: the same recipe per K with --aioli-estimator gradient (no probe steps; A from "
                 f"per-domain gradients preconditioned by Adam's state, an estimate every {self.grad_interval} steps)"
                 + f"\n- aioli-look: the same with --aioli-estimator lookahead (A from the validation loss change of a "
-                f"virtual Adam step on each domain's gradient, every {self.grad_interval} steps)")
+                f"virtual Adam step on each domain's gradient, every {self.grad_interval} steps)"
+                + "\n- a row ending in -ppl: that Aioli with --aioli-objective perplexity (the EG step lowers the "
+                "average perplexity, not the average loss)")
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -138,6 +140,19 @@ def _run_config(cmd_flags: list[str], domains: list[str]) -> dict:
     return json.loads(json.dumps({**cfg.to_dict(), "domains": domains}))
 
 
+def _stored_config(path: str) -> dict:
+    """A run's config.json as this megamix reads it back: options added since it was written take
+    their defaults (the behaviour the run had), as they do on resume."""
+    from megamix.training.config import RunConfig
+
+    had = read_json(path, path)
+    try:
+        cfg = RunConfig.from_dict({k: v for k, v in had.items() if k != "domains"})
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot read this run's configuration ({e}); give another --out") from None
+    return {**cfg.to_dict(), "domains": had.get("domains")}
+
+
 def config_differences(had: dict, want: dict, prefix: str = "") -> list[str]:
     """``key: had -> want`` for every leaf where two run configs differ, except the RUN_NEUTRAL keys."""
     out = []
@@ -162,7 +177,7 @@ def _check_same_run(run_dir: str, domains: list[str], cmd_flags: list[str]) -> N
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
-    diffs = config_differences(read_json(path, path), _run_config(cmd_flags, domains))
+    diffs = config_differences(_stored_config(path), _run_config(cmd_flags, domains))
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise SystemExit(f"{run_dir} was trained with another configuration ({shown}); give the setting "
@@ -323,11 +338,26 @@ def _learned(spec: QualitySpec, method: str, root: str, domains: list[str], seed
 PROBE_FREE = {"aioli-grad": "gradient", "aioli-look": "lookahead"}
 """Rows of Aioli with a probe-free estimator: row name -> --aioli-estimator."""
 
+PPL = "-ppl"
+"""Suffix of an Aioli row run with --aioli-objective perplexity (aioli-ppl, aioli-grad-ppl, aioli-look-ppl)."""
+
+
+def _aioli_row_flags(spec: QualitySpec, method: str, k: int) -> list[str]:
+    """The flags of an Aioli row: the profile's recipe, its estimator, its objective."""
+    base = method.removesuffix(PPL)
+    flags = [*spec.aioli_flags(k)]
+    if base in PROBE_FREE:
+        flags += ["--aioli-estimator", PROBE_FREE[base], "--aioli-grad-interval", str(spec.grad_interval)]
+    if method.endswith(PPL):
+        flags += ["--aioli-objective", "perplexity"]
+    return flags
+
 
 def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], seed: int) -> dict:
     """One method's final run on one setting and seed, with the extra steps its learning cost.
 
-    Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
+    Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), each Aioli row
+    with ``-ppl`` (--aioli-objective perplexity), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
     X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
     """
@@ -336,12 +366,9 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
     if method == "stratified":
         rec, extra = train(spec, final, domains, seed, ["--mixing-method", "stratified"],
                            label=f"stratified seed {seed}"), 0
-    elif method == "aioli":
-        rec, extra = train(spec, final, domains, seed, spec.aioli_flags(k), label=f"aioli seed {seed}"), 0
-    elif method in PROBE_FREE:
-        flags = [*spec.aioli_flags(k), "--aioli-estimator", PROBE_FREE[method],
-                 "--aioli-grad-interval", str(spec.grad_interval)]
-        rec, extra = train(spec, final, domains, seed, flags, label=f"{method} seed {seed}"), 0
+    elif method.removesuffix(PPL) in ("aioli", *PROBE_FREE):
+        rec, extra = train(spec, final, domains, seed, _aioli_row_flags(spec, method, k),
+                           label=f"{method} seed {seed}"), 0
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
         wf = _weights_file(os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
         rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0

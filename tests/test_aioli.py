@@ -274,3 +274,59 @@ def test_gradient_estimator_flags():
     with pytest.raises(ValueError, match="--aioli-grad-interval must be >= 1"):
         AioliConfig(estimator="gradient", grad_interval=0)
     AioliMixer(ctx(), AioliConfig(estimator="gradient"), 10)  # no probe steps to fit in a round
+
+
+# ---------------------------------------------------------------- objective
+def _check_perplexity_rounds(rounds, eta, ema):
+    """Each round's record recomputes: w = exp(L) / mean exp(L), p ∝ p · exp(η w·E); L is the
+    evaluation before the round (the first probe-free round: its estimates' micro-batches)."""
+    e_prev = None
+    for n, r in enumerate(rounds):
+        assert r["objective"] == "perplexity"
+        loss = np.asarray(r["val_loss_before"] if r["val_loss_before"] is not None else r["val_loss_batches"])
+        assert r["val_loss_before"] is not None or (n == 0 and r["estimator"] == "gradient")
+        np.testing.assert_array_equal(r["objective_losses"], loss)
+        w = np.exp(loss) / np.exp(loss).mean()
+        np.testing.assert_allclose(r["objective_weights"], w, rtol=1e-12)
+        an = np.asarray(r["A_normalized"])
+        e = an if e_prev is None else (1 - ema) * an + ema * e_prev
+        np.testing.assert_allclose(r["E"], e, atol=1e-12)
+        p = np.asarray(r["weights_before"]) * np.exp(eta * (w @ e))
+        np.testing.assert_allclose(r["weights"], p / p.sum(), atol=1e-12)
+        e_prev = e
+
+
+def test_perplexity_objective_weighs_e_rows_by_exp_loss():
+    env = LinearLawEnv(A_TRUE, [3.0, 5.0, 4.0], 1e-4, seed=1, scale=SCALE)
+    _, rounds, _ = run(AioliConfig(objective="perplexity", ema=0.3, eta=2.0), env=env)
+    assert len(rounds) == 5 and max(rounds[0]["objective_weights"]) > 1.5  # the loss-5 domain weighs most
+    _check_perplexity_rounds(rounds, 2.0, 0.3)
+    _, grounds, _ = _gradient_run(AioliConfig(estimator="gradient", objective="perplexity", ema=0.3, eta=2.0))
+    assert grounds[-1]["objective_weights"] != [1.0, 1.0, 1.0]  # the losses have drifted apart by then
+    _check_perplexity_rounds(grounds, 2.0, 0.3)
+    _, loss_rounds, _ = run(AioliConfig(ema=0.3, eta=2.0), env=LinearLawEnv(A_TRUE, [3.0, 5.0, 4.0], 1e-4, seed=1,
+                                                                             scale=SCALE))
+    assert loss_rounds[0]["objective"] == "loss" and "objective_weights" not in loss_rounds[0]
+
+
+def test_perplexity_objective_lowers_the_average_perplexity_at_the_same_average_loss():
+    """A = I: every mixture lowers the summed loss alike, so the loss objective stays uniform; the
+    average perplexity falls fastest by training the domain whose loss is highest."""
+    finals = {}
+    for objective in ("loss", "perplexity"):
+        env = LinearLawEnv(np.eye(3), [3.0, 4.0, 5.0], 0.0, scale=SCALE)
+        mixer, _, _ = run(AioliConfig(objective=objective), total=2000, env=env)
+        finals[objective] = (env.loss, mixer.learned_weights())
+    (loss_l, p_l), (loss_p, p_p) = finals["loss"], finals["perplexity"]
+    np.testing.assert_allclose(p_l, 1 / 3, atol=1e-9)
+    assert p_p[2] > 0.5 and p_p[0] < p_p[1] < p_p[2]
+    assert loss_p.mean() == pytest.approx(loss_l.mean(), abs=1e-9)
+    assert np.exp(loss_p).mean() < np.exp(loss_l).mean() - 0.5
+
+
+def test_objective_flags():
+    with pytest.raises(ValueError, match="--aioli-objective must be"):
+        AioliConfig(objective="accuracy")
+    with pytest.raises(ValueError, match="needs --aioli-loss-source val"):
+        AioliConfig(objective="perplexity", loss_source="train")
+    AioliConfig(objective="perplexity", loss_source="train", estimator="gradient")  # losses from its own batches

@@ -87,6 +87,21 @@ def test_paper_plan_runs_headroom_on_two_domains_and_aux_seeds():
     seven = dict(mq.plan("paper", methods, 7, 5, 3))
     assert [m for m, n in seven.items() if n] == ["stratified", "aioli"]
     assert dict(mq.plan("quick", ["stratified", "aioli"], 7, 3, 1)) == {"stratified": 3, "aioli": 3}
+    assert dict(mq.plan("paper", ["aioli-ppl", "aioli-look-ppl"], 7, 5, 3)) == {"aioli-ppl": 5, "aioli-look-ppl": 5}
+
+
+def test_aioli_rows_name_their_estimator_and_objective():
+    from benchmarks.quality_runs import _aioli_row_flags
+
+    spec = paper_spec("corpus", "out", 1000)
+    spec.grad_interval = 25
+    value = lambda flags, name: flags[flags.index(name) + 1] if name in flags else None  # noqa: E731
+    for row, estimator, objective in [("aioli", None, None), ("aioli-ppl", None, "perplexity"),
+                                      ("aioli-grad", "gradient", None), ("aioli-look-ppl", "lookahead", "perplexity")]:
+        flags = _aioli_row_flags(spec, row, 2)
+        assert flags[:len(spec.aioli_flags(2))] == spec.aioli_flags(2)
+        assert value(flags, "--aioli-estimator") == estimator and value(flags, "--aioli-objective") == objective
+        assert value(flags, "--aioli-grad-interval") == (None if estimator is None else "25")
 
 
 # ---------------------------------------------------------------- statistics

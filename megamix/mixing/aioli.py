@@ -36,6 +36,9 @@ ESTIMATORS = ("probes", "gradient", "lookahead")
 """--aioli-estimator values: the paper's probes, or one of the probe-free estimators of
 megamix.training.aioli_gradient."""
 
+OBJECTIVES = ("loss", "perplexity")
+"""--aioli-objective values: the average validation loss (the paper's) or the average perplexity."""
+
 
 @dataclass
 class AioliConfig:
@@ -65,6 +68,10 @@ class AioliConfig:
                             "change of a virtual Adam step on each domain's gradient)",
                             choices=ESTIMATORS)
     grad_interval: int = option(1, "--aioli-grad-interval", "steps between gradient estimates of A (default 1)")
+    objective: str = option("loss", "--aioli-objective",
+                            "what the EG step lowers: the average validation loss (the paper's) or the average "
+                            "perplexity (row i of E weighted by exp(L_i) / mean exp(L), from the round's validation "
+                            "losses)", choices=OBJECTIVES)
 
     def __post_init__(self) -> None:
         check_positive(self.eta, "--aioli-eta")
@@ -86,6 +93,11 @@ class AioliConfig:
             raise ValueError(f"--aioli-estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.grad_interval < 1:
             raise ValueError(f"--aioli-grad-interval must be >= 1, got {self.grad_interval}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--aioli-objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "perplexity" and self.estimator == "probes" and self.loss_source == "train":
+            raise ValueError("--aioli-objective perplexity weighs domains by their validation losses: it needs "
+                             "--aioli-loss-source val with --aioli-estimator probes")
 
     def check_domains(self, k: int) -> None:
         """Validate the settings that depend on the number of domains K."""
@@ -277,7 +289,8 @@ class AioliMixer(Mixer):
             "probe_weights": self.q.tolist(), "B": b.tolist(),
             "val_loss_after_probes": _lst(self.loss) if cfg.loss_source == "val" else None,
             "probe_order": cur["order"], "probe_losses": cur["probe_losses"], "diagonal": cfg.diagonal,
-            "loss_source": cfg.loss_source}, "non-finite losses in this round's probes; weights kept")
+            "loss_source": cfg.loss_source}, "non-finite losses in this round's probes; weights kept",
+            _arr(cur["val_loss_before"]))
         self.stage = "train"
         return [record]
 
@@ -288,24 +301,35 @@ class AioliMixer(Mixer):
                "a domain had no training samples in any estimated step of this round") + "; weights kept"
         record = self._finish_round(obs.step, est.a, {
             "estimated_steps": est.steps, "column_steps": est.column_steps.tolist(),
-            "grad_interval": self.cfg.grad_interval, "val_loss_batches": _lst(est.val_loss)}, why)
+            "grad_interval": self.cfg.grad_interval, "val_loss_batches": _lst(est.val_loss)}, why,
+            est.val_loss if self.cur["val_loss_before"] is None else _arr(self.cur["val_loss_before"]))
         self.stage = "start"
         return record
 
-    def _finish_round(self, step: int, a: np.ndarray, fields: dict, why_skipped: str) -> dict:
-        """Normalise and smooth A, take the EG step; the round's record (``fields`` are the estimator's)."""
+    def _finish_round(self, step: int, a: np.ndarray, fields: dict, why_skipped: str,
+                      losses: np.ndarray | None) -> dict:
+        """Normalise and smooth A, take the EG step; the round's record (``fields`` are the estimator's).
+
+        ``losses``: the round's per-domain validation losses (the evaluation before it; in the
+        probe-free first round, the mean of its estimates' validation micro-batches), which weigh
+        E's rows under ``--aioli-objective perplexity`` (w = exp(L) / mean exp(L); loss: w = 1).
+        """
         cur, cfg = self.cur, self.cfg
         record = {"event": "aioli_round", "round": self.round, "step": step, "estimator": cfg.estimator,
                   "domains": list(self.ctx.domains), "A": a.tolist(), "weights_before": cur["weights_before"],
                   "val_loss_before": cur["val_loss_before"], "update": cfg.update, "eta": cfg.eta, "ema": cfg.ema,
-                  "normalize_a": cfg.normalize_a, **fields}
-        if not np.all(np.isfinite(a)):
+                  "normalize_a": cfg.normalize_a, "objective": cfg.objective, **fields}
+        w = None
+        if cfg.objective == "perplexity":
+            w = law.perplexity_weights(losses) if losses is not None else np.full(len(a), np.nan)
+            record.update({"objective_losses": _lst(losses), "objective_weights": w.tolist()})
+        if not (np.all(np.isfinite(a)) and (w is None or np.all(np.isfinite(w)))):
             record.update({"A_normalized": None, "E": _lst(self.e), "weights": _lst(self.p), "skipped": why_skipped})
         else:
             an = law.normalize_a(a) if cfg.normalize_a else a
             self.e = law.ema(self.e, an, cfg.ema)
             start = self.p if cfg.update == "cumulative" else self.p0
-            self.p = law.eg_step(start, self.e.sum(axis=0), cfg.eta)
+            self.p = law.eg_step(start, self.e.sum(axis=0) if w is None else w @ self.e, cfg.eta)
             record.update({"A_normalized": an.tolist(), "E": self.e.tolist(), "weights": self.p.tolist()})
         self.round += 1
         self.cur = None

@@ -21,6 +21,17 @@ def eg_step(p: np.ndarray, grad: np.ndarray, eta: float) -> np.ndarray:
     return q / q.sum()
 
 
+def perplexity_weights(losses: np.ndarray) -> np.ndarray:
+    """Row weights w_i = exp(L_i) / mean_j exp(L_j): ∂ Σ_i exp(L_i) / ∂L_i, scaled to mean 1.
+
+    Under the law L_i ← L_i − Σ_j A[i, j] p_j, the direction that lowers the average
+    perplexity fastest is Σ_i w_i A[i, ·]; w = 1 (equal losses) is the average loss's direction.
+    """
+    z = np.asarray(losses, dtype=np.float64)
+    e = np.exp(z - np.max(z))
+    return e / e.mean()
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     """Numerically stable softmax of a vector."""
     z = np.asarray(z, dtype=np.float64)
