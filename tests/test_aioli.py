@@ -118,9 +118,9 @@ def test_prior_trains_first_and_anchors_eg(tmp_path):
         np.testing.assert_allclose(r["weights"], p / p.sum(), atol=1e-12)
 
 
-@pytest.mark.parametrize("source", ["val", "train"])
-def test_resume_at_every_phase_boundary_is_identical(source):
-    cfg = AioliConfig(loss_source=source, ema=0.2)
+@pytest.mark.parametrize("source, objective", [("val", "loss"), ("train", "loss"), ("val", "perplexity")])
+def test_resume_at_every_phase_boundary_is_identical(source, objective):
+    cfg = AioliConfig(loss_source=source, ema=0.2, objective=objective)
     m1, r1, rec1 = run(cfg, total=730, noise=1e-4)
     m2, r2, rec2 = run(cfg, total=730, noise=1e-4, roundtrip=True)
     assert r1 == r2 and rec1 == rec2 and len(r1) == 3  # 730 = 3 whole rounds of 200 + 130 in the last

@@ -298,14 +298,22 @@ def test_aioli_gradient_estimator_on_two_ranks(data, tmp_path, stage, estimator)
 
 @pytest.mark.slow
 def test_aioli_gradient_resume_mid_round_is_exact(data, tmp_path):
+    """Kill -9 mid-round and resume: the same rounds to the bit — here under the perplexity
+    objective, whose weights come from the evaluation stored in the mixer's state."""
     prefixes, cache = data
-    over = {**GRAD, "--save-interval": 3}
+    over = {**GRAD, "--save-interval": 3, "--aioli-objective": "perplexity"}
     ref = _run(data, tmp_path / "ref", 24, **over)
     run = str(tmp_path / "killed")
     args = tiny_args(prefixes, run, cache, iters=24, **over)
     launch_and_crash(args, crash_after_step=10)  # last checkpoint at 9: round 1, one estimate summed
     assert f"resumed from {run}/iter_0000009 at iteration 9" in launch(args).stdout
     _check_gradient_rounds(run, 3)
+    for r in events(run, "aioli_round"):
+        loss = np.asarray(r["objective_losses"])
+        np.testing.assert_array_equal(loss, r["val_loss_before"] if r["round"] else r["val_loss_batches"])
+        w = np.exp(loss) / np.exp(loss).mean()
+        p = np.full(3, 1 / 3) * np.exp(0.2 * (w @ np.asarray(r["E"])))  # reset: EG from uniform
+        np.testing.assert_allclose(r["weights"], p / p.sum(), atol=1e-12)
     assert strip_timing(events(run, "aioli_round")) == strip_timing(events(ref, "aioli_round"))
     assert strip_timing(read_metrics(run)) == strip_timing(read_metrics(ref))
 
