@@ -132,12 +132,11 @@ RUN_NEUTRAL = ("training.save", "training.load", "data.data_cache_path", "loggin
 
 
 def _run_config(cmd_flags: list[str], domains: list[str]) -> dict:
-    """The config.json that ``pretrain_gpt_mix.py cmd_flags`` would write, as JSON reads it back."""
+    """The config.json that ``pretrain_gpt_mix.py cmd_flags`` would write (``to_dict`` is already JSON's form)."""
     from megamix.training.arguments import config_from_args, parse_args, tokenizer_config_from_args
 
     args = parse_args(cmd_flags)
-    cfg = config_from_args(args, tokenizer_config_from_args(args))
-    return json.loads(json.dumps({**cfg.to_dict(), "domains": domains}))
+    return {**config_from_args(args, tokenizer_config_from_args(args)).to_dict(), "domains": domains}
 
 
 def _stored_config(path: str) -> dict:
