@@ -219,10 +219,12 @@ def _fit(kind: str, runs: list[str], out: str) -> str:
     return out
 
 
-def _weights_file(path: str, domains: list[str], weights: list[float]) -> str:
+def _weights_file(path: str, domains: list[str], weights: list[float], write: bool = True) -> str:
+    """The path of a static mixture's weights file, written there unless it exists or ``write`` is false
+    (--report-only tabulates finished runs and leaves the run directories as they are)."""
     from megamix.mixing.weights_file import write_weights_file
 
-    if not os.path.isfile(path):
+    if write and not os.path.isfile(path):
         write_weights_file(path, domains, weights, {"source": "mixing_quality sweep"})
     return path
 
@@ -242,7 +244,7 @@ def sweep(spec: QualitySpec, root: str, domains: list[str], seed: int, iters: in
     dirs = []
     for i, p in enumerate(_sweep_mixtures(len(domains), seed)):
         run_dir = os.path.join(root, f"mix{i:02d}")
-        wf = _weights_file(os.path.join(root, f"mix{i:02d}.weights.json"), domains, p)
+        wf = _weights_file(os.path.join(root, f"mix{i:02d}.weights.json"), domains, p, not spec.report_only)
         train(spec, run_dir, domains, seed, ["--mixing-method", "static", "--mixture-weights", wf], iters,
               label=f"sweep {i} {[round(x, 2) for x in p]}")
         dirs.append(run_dir)
@@ -254,7 +256,7 @@ def single_domain_runs(spec: QualitySpec, root: str, domains: list[str], seed: i
     dirs = []
     for i, d in enumerate(domains):
         onehot = [1.0 if j == i else 0.0 for j in range(len(domains))]
-        wf = _weights_file(os.path.join(root, f"only_{d}.weights.json"), domains, onehot)
+        wf = _weights_file(os.path.join(root, f"only_{d}.weights.json"), domains, onehot, not spec.report_only)
         run_dir = os.path.join(root, f"only_{d}")
         train(spec, run_dir, domains, seed, ["--mixing-method", "static", "--mixture-weights", wf], iters,
               label=f"single-domain {d}")
@@ -369,7 +371,7 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
         rec, extra = train(spec, final, domains, seed, _aioli_row_flags(spec, method, k),
                            label=f"{method} seed {seed}"), 0
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
-        wf = _weights_file(os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
+        wf = _weights_file(os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k), not spec.report_only)
         rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0
     elif method == "skillit":
         graph, extra = skill_graph(spec, root, domains, seed, n)

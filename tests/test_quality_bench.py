@@ -185,10 +185,11 @@ def test_report_only_trains_nothing_and_skips_unfinished_runs(tmp_path, capsys):
     done.mkdir(parents=True)
     (done / "test_results.json").write_text('{"test_ppl": {"a": 2.0, "b": 4.0}, "avg_test_ppl": 3.0, '
                                             '"avg_test_loss": 1.04, "worst_domain": "b", "worst_test_ppl": 4.0}')
-    recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 2), ("aioli", 2)])
+    recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 2), ("aioli", 2), ("p0.45", 1), ("grid", 1)])
     assert [(r["method"], r["seed"], r["avg_test_ppl"]) for r in recs] == [("stratified", 1, 3.0)]
     assert "aioli seed 1: not run yet" in capsys.readouterr().out
-    assert not (tmp_path / "s" / "aioli" / "seed1" / "final").exists()
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["s/stratified/seed1/final/test_results.json"]  # no run directory, no weights file
 
 
 def test_config_differences_skip_where_a_run_lies_and_name_each_changed_leaf():
