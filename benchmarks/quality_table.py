@@ -129,3 +129,26 @@ def headroom_notes(summary: dict, settings: list[str]) -> list[str]:
         gtxt = f"; the grid's best point: {grid['mean']:+.2f}" if grid["n"] else ""
         notes.append(f"- {s}: best reachable tilt {best} {d['mean']:+.2f} (n={d['n']}){gtxt} — {verdict}.")
     return notes
+
+
+def per_seed_table(records: list[dict], setting: str, methods: list[str], metric: str = "avg_test_ppl") -> str:
+    """One setting's runs seed by seed: stratified's metric, every other method's paired difference.
+
+    The spread behind each cell of :func:`markdown_table`, so that a reader can see whether a mean
+    comes from every seed or from one; "—" where a run has not finished (or has no stratified pair).
+    """
+    dp = METRICS[metric][1]
+    runs = {(r["method"], r["seed"]): r[metric] for r in records if r["setting"] == setting}
+    seeds = sorted({s for (m, s) in runs if m in methods})
+    lines = ["| seed | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    for seed in seeds:
+        base = runs.get(("stratified", seed))
+        cells = []
+        for m in methods:
+            v = runs.get((m, seed))
+            if v is None or (m != "stratified" and base is None):
+                cells.append("—")
+            else:
+                cells.append(f"{v:.{dp}f}" if m == "stratified" else f"{v - base:+.{dp}f}")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -14,7 +14,8 @@ sys.path.insert(0, REPO)
 from benchmarks import mixing_quality as mq  # noqa: E402
 from benchmarks.paper_profile import aioli_recipe, choose_probes, parse_setting, parse_settings  # noqa: E402
 from benchmarks.quality_runs import paper_spec  # noqa: E402
-from benchmarks.quality_table import headroom_notes, markdown_table, paired_stats, summarize  # noqa: E402
+from benchmarks.quality_table import (  # noqa: E402
+    headroom_notes, markdown_table, paired_stats, per_seed_table, summarize)
 
 
 # ---------------------------------------------------------------- recipe
@@ -139,6 +140,14 @@ def test_table_counts_intervals_below_zero_and_signs_and_marks_partial_cells():
     rows = {line.split(" | ")[0][2:]: line for line in loss.splitlines()[2:]}
     assert f"{np.mean(np.log([10, 11, 12])):.4f} ± " in rows["stratified"]
     assert f"{np.mean(np.log([9.0, 10.1, 10.9]) - np.log([10, 11, 12])):+.4f} ± " in rows["aioli"]
+
+
+def test_per_seed_table_pairs_each_seed_and_marks_missing_runs():
+    recs = (_records("s3", "stratified", [10, 11]) + _records("s3", "p0.45", [9.0, 10.5, 11.0])
+            + _records("s1", "stratified", [99]))
+    lines = per_seed_table(recs, "s3", ["stratified", "aioli", "p0.45"]).splitlines()
+    assert lines[0] == "| seed | stratified | aioli | p0.45 |" and len(lines) == 5
+    assert lines[2:] == ["| 1 | 10.00 | — | -1.00 |", "| 2 | 11.00 | — | -0.50 |", "| 3 | — | — | — |"]
 
 
 # ---------------------------------------------------------------- runs (training mocked)
