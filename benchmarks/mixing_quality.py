@@ -40,7 +40,8 @@ sys.path.insert(0, REPO)
 
 from benchmarks.paper_profile import aioli_recipe, parse_settings  # noqa: E402
 from benchmarks.quality_runs import PPL, QualitySpec, paper_spec, run_setting  # noqa: E402
-from benchmarks.quality_table import METRICS, headroom_notes, markdown_table, per_seed_table, summarize  # noqa: E402
+from benchmarks.quality_table import (  # noqa: E402
+    METRICS, headroom_notes, markdown_table, mixture_table, per_seed_table, summarize)
 from megamix.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 SETTINGS = {
@@ -150,6 +151,7 @@ def _write(out: str, spec: QualitySpec, ks: list[int], records: list[dict], sett
     loss_table = markdown_table(summaries["avg_test_loss"], list(settings), methods, planned)
     notes = headroom_notes(summary, list(settings))
     seeds = "\n\n".join(f"{name}:\n\n{per_seed_table(records, name, methods)}" for name in settings)
+    mixes = "\n\n".join(f"{name}:\n\n{mixture_table(records, name, d, methods)}" for name, d in settings.items())
     done = sum(1 for r in records if r.get("wall_s") is not None)
     train_s = sum(r["wall_s"] for r in records if r.get("wall_s") is not None)
     text = (f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`\n\n{spec.describe(ks)}\n\n"
@@ -158,6 +160,7 @@ def _write(out: str, spec: QualitySpec, ks: list[int], records: list[dict], sett
             + ("\nHeadroom (static tilts vs stratified):\n" + "\n".join(notes) + "\n" if notes else "")
             + f"\nAverage test loss (mean log perplexity over domains: what Aioli's law optimises):\n\n{loss_table}\n"
             + f"\nPer seed (average test perplexity; stratified's, every other row's paired difference):\n\n{seeds}\n"
+            + f"\nData seen (step-weighted mean proportion per run, probes included; mean over seeds):\n\n{mixes}\n"
             + f"\nFinal runs: {len(records)} ({done} timed, {train_s:.0f} s of their training); "
               f"this invocation {wall:.0f} s.\n")
     os.makedirs(out, exist_ok=True)

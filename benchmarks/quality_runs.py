@@ -209,7 +209,26 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
     print(f"  {label or run_dir}: avg test ppl {res['avg_test_ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return {"run_dir": run_dir, "steps": iters, "test_ppl": res["test_ppl"], "avg_test_ppl": res["avg_test_ppl"],
             "avg_test_loss": res["avg_test_loss"],
-            "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"], "wall_s": wall}
+            "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"], "wall_s": wall,
+            "mean_weights": mean_mixture(run_dir)}
+
+
+def mean_mixture(run_dir: str) -> dict[str, float] | None:
+    """The step-weighted mean of the proportions a run trained at (probe phases included), from its
+    metrics.jsonl (a resumed run truncates the lines after its checkpoint, so each step counts once)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    totals: dict[str, float] = {}
+    steps = 0
+    with open(path) as f:
+        for line in f:
+            event = json.loads(line)
+            if event.get("event") == "phase" and event["steps"] > 0:
+                for d, w in event["weights"].items():
+                    totals[d] = totals.get(d, 0.0) + event["steps"] * w
+                steps += event["steps"]
+    return {d: v / steps for d, v in totals.items()} if steps else None
 
 
 def _fit(kind: str, runs: list[str], out: str) -> str:

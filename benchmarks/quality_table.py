@@ -152,3 +152,16 @@ def per_seed_table(records: list[dict], setting: str, methods: list[str], metric
                 cells.append(f"{v:.{dp}f}" if m == "stratified" else f"{v - base:+.{dp}f}")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mixture_table(records: list[dict], setting: str, domains: list[str], methods: list[str]) -> str:
+    """The data each row trained on: per domain, the step-weighted mean proportion of its runs
+    (``mean_weights``, probe phases included), averaged over its seeds."""
+    lines = ["| method | seeds | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 2)]
+    for m in methods:
+        mixes = [r["mean_weights"] for r in records
+                 if r["setting"] == setting and r["method"] == m and r.get("mean_weights")]
+        if mixes:
+            means = [float(np.mean([mix.get(d, 0.0) for mix in mixes])) for d in domains]
+            lines.append(f"| {m} | {len(mixes)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    return "\n".join(lines)

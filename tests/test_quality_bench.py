@@ -15,7 +15,7 @@ from benchmarks import mixing_quality as mq  # noqa: E402
 from benchmarks.paper_profile import aioli_recipe, choose_probes, parse_setting, parse_settings  # noqa: E402
 from benchmarks.quality_runs import paper_spec  # noqa: E402
 from benchmarks.quality_table import (  # noqa: E402
-    headroom_notes, markdown_table, paired_stats, per_seed_table, summarize)
+    headroom_notes, markdown_table, mixture_table, paired_stats, per_seed_table, summarize)
 
 
 # ---------------------------------------------------------------- recipe
@@ -148,6 +148,23 @@ def test_per_seed_table_pairs_each_seed_and_marks_missing_runs():
     lines = per_seed_table(recs, "s3", ["stratified", "aioli", "p0.45"]).splitlines()
     assert lines[0] == "| seed | stratified | aioli | p0.45 |" and len(lines) == 5
     assert lines[2:] == ["| 1 | 10.00 | — | -1.00 |", "| 2 | 11.00 | — | -0.50 |", "| 3 | — | — | — |"]
+
+
+def test_mean_mixture_weights_phases_by_their_steps_and_the_table_averages_seeds(tmp_path):
+    from benchmarks.quality_runs import mean_mixture
+
+    events = [{"event": "phase", "step": 0, "steps": 0, "weights": {"a": 0.5, "b": 0.5}},  # an evaluation
+              {"event": "phase", "step": 0, "steps": 30, "weights": {"a": 0.625, "b": 0.375}},  # a probe
+              {"event": "eval", "step": 30, "val_loss": {"a": 1.0, "b": 2.0}},
+              {"event": "phase", "step": 30, "steps": 10, "weights": {"a": 0.25, "b": 0.75}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    mix = mean_mixture(str(tmp_path))
+    assert mix == {"a": pytest.approx((30 * 0.625 + 10 * 0.25) / 40), "b": pytest.approx((30 * 0.375 + 10 * 0.75) / 40)}
+    assert mean_mixture(str(tmp_path / "absent")) is None
+    recs = [{"setting": "s", "method": "aioli", "seed": i, "mean_weights": {"a": p, "b": 1 - p}}
+            for i, p in ((1, 0.4), (2, 0.6), (3, 0.5))] + [{"setting": "s", "method": "stratified", "seed": 1}]
+    lines = mixture_table(recs, "s", ["a", "b"], ["stratified", "aioli"]).splitlines()
+    assert lines == ["| method | seeds | a | b |", "|---|---|---|---|", "| aioli | 3 | 0.500 | 0.500 |"]
 
 
 # ---------------------------------------------------------------- runs (training mocked)
