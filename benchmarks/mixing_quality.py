@@ -23,7 +23,8 @@ Profiles:
           2- and 3-domain settings)
 
 Each cell: mean paired difference to stratified (same seed), its standard deviation, the 95 %
-t interval and n. Output: <out>/results.md (the table) and <out>/results.json (every run).
+t interval and n. Output: <out>/results.md (the tables of average test perplexity and loss, each
+row's per-seed differences and the mean mixture it trained on) and <out>/results.json (every run).
 """
 
 from __future__ import annotations
