@@ -216,19 +216,20 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
 def mean_mixture(run_dir: str) -> dict[str, float] | None:
     """The step-weighted mean of the proportions a run trained at (probe phases included), from its
     metrics.jsonl (a resumed run truncates the lines after its checkpoint, so each step counts once)."""
+    from megamix.mixing.base import TimeAverage
+
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         return None
-    totals: dict[str, float] = {}
-    steps = 0
+    domains, average = [], None
     with open(path) as f:
         for line in f:
             event = json.loads(line)
             if event.get("event") == "phase" and event["steps"] > 0:
-                for d, w in event["weights"].items():
-                    totals[d] = totals.get(d, 0.0) + event["steps"] * w
-                steps += event["steps"]
-    return {d: v / steps for d, v in totals.items()} if steps else None
+                if average is None:
+                    domains, average = list(event["weights"]), TimeAverage(len(event["weights"]))
+                average.add([event["weights"][d] for d in domains], event["steps"])
+    return None if average is None else dict(zip(domains, (average.total / average.steps).tolist()))
 
 
 def _fit(kind: str, runs: list[str], out: str) -> str:
@@ -238,12 +239,12 @@ def _fit(kind: str, runs: list[str], out: str) -> str:
     return out
 
 
-def _weights_file(path: str, domains: list[str], weights: list[float], write: bool = True) -> str:
-    """The path of a static mixture's weights file, written there unless it exists or ``write`` is false
-    (--report-only tabulates finished runs and leaves the run directories as they are)."""
+def _weights_file(spec: QualitySpec, path: str, domains: list[str], weights: list[float]) -> str:
+    """The path of a static mixture's weights file, written there unless it exists or the benchmark
+    only reports (--report-only tabulates finished runs and leaves the run directories as they are)."""
     from megamix.mixing.weights_file import write_weights_file
 
-    if write and not os.path.isfile(path):
+    if not spec.report_only and not os.path.isfile(path):
         write_weights_file(path, domains, weights, {"source": "mixing_quality sweep"})
     return path
 
@@ -263,7 +264,7 @@ def sweep(spec: QualitySpec, root: str, domains: list[str], seed: int, iters: in
     dirs = []
     for i, p in enumerate(_sweep_mixtures(len(domains), seed)):
         run_dir = os.path.join(root, f"mix{i:02d}")
-        wf = _weights_file(os.path.join(root, f"mix{i:02d}.weights.json"), domains, p, not spec.report_only)
+        wf = _weights_file(spec, os.path.join(root, f"mix{i:02d}.weights.json"), domains, p)
         train(spec, run_dir, domains, seed, ["--mixing-method", "static", "--mixture-weights", wf], iters,
               label=f"sweep {i} {[round(x, 2) for x in p]}")
         dirs.append(run_dir)
@@ -275,7 +276,7 @@ def single_domain_runs(spec: QualitySpec, root: str, domains: list[str], seed: i
     dirs = []
     for i, d in enumerate(domains):
         onehot = [1.0 if j == i else 0.0 for j in range(len(domains))]
-        wf = _weights_file(os.path.join(root, f"only_{d}.weights.json"), domains, onehot, not spec.report_only)
+        wf = _weights_file(spec, os.path.join(root, f"only_{d}.weights.json"), domains, onehot)
         run_dir = os.path.join(root, f"only_{d}")
         train(spec, run_dir, domains, seed, ["--mixing-method", "static", "--mixture-weights", wf], iters,
               label=f"single-domain {d}")
@@ -390,7 +391,7 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
         rec, extra = train(spec, final, domains, seed, _aioli_row_flags(spec, method, k),
                            label=f"{method} seed {seed}"), 0
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
-        wf = _weights_file(os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k), not spec.report_only)
+        wf = _weights_file(spec, os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
         rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0
     elif method == "skillit":
         graph, extra = skill_graph(spec, root, domains, seed, n)

@@ -179,7 +179,7 @@ def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_r
 
     def fake_fit(kind, runs, out):
         fits.append(out)
-        qr._weights_file(out, ["a", "b"], [0.3, 0.7])  # the sweep's mix02 mixture
+        qr._weights_file(spec, out, ["a", "b"], [0.3, 0.7])  # the sweep's mix02 mixture
         return out
 
     monkeypatch.setattr(qr, "train", fake_train)
