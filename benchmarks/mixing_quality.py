@@ -76,6 +76,10 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
                         f"default all built-in: {', '.join(SETTINGS)}")
     p.add_argument("--settings", default=None, help="comma list of built-in settings (same as one --setting each)")
     p.add_argument("--seeds", type=int, default=None, help="seeds of stratified and Aioli (default 3; paper 5)")
+    p.add_argument("--first-seed", type=int, default=1,
+                   help="run (and tabulate) only seeds FIRST..--seeds, leaving lower seeds alone: one table's "
+                        "seeds split across sittings or machines (copy the run directories together, "
+                        "then --report-only tabulates every seed)")
     p.add_argument("--aux-seeds", type=int, default=3,
                    help="paper profile: seeds of the headroom and restricted rows (at most --seeds)")
     p.add_argument("--split-seed", type=int, default=None,
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     methods = args.methods.split(",") if args.methods else PROFILES[args.profile]
     seeds = args.seeds or (5 if args.profile == "paper" else 3)
+    if not 1 <= args.first_seed <= seeds:
+        raise SystemExit(f"--first-seed {args.first_seed}: must lie in 1..--seeds ({seeds})")
     args.out = args.out or ("runs/mixing_quality_paper" if args.profile == "paper" else "runs/mixing_quality")
     settings = chosen_settings(args)
     corpus = _corpus(args)
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     planned = {n: dict(plan(args.profile, methods, len(d), seeds, args.aux_seeds)) for n, d in settings.items()}
     t0, records = time.time(), []
     for name, domains in settings.items():
-        records += run_setting(spec, name, domains, [(m, s) for m, s in planned[name].items() if s])
+        records += run_setting(spec, name, domains, [(m, s) for m, s in planned[name].items() if s],
+                               args.first_seed)
         table = _write(args.out, spec, ks, records, settings, methods, planned, time.time() - t0)
     print(table)
     print(f"wrote {args.out}/results.md and results.json ({time.time() - t0:.0f} s this invocation)")

@@ -407,11 +407,15 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
     return {**rec, "method": method, "seed": seed, "extra_steps": extra}
 
 
-def run_setting(spec: QualitySpec, name: str, domains: list[str], plan: list[tuple[str, int]]) -> list[dict]:
-    """Every (method, seeds) of ``plan`` on one setting, seed by seed; one record per final run."""
+def run_setting(spec: QualitySpec, name: str, domains: list[str], plan: list[tuple[str, int]],
+                first_seed: int = 1) -> list[dict]:
+    """Every (method, seeds) of ``plan`` on one setting, seed by seed from ``first_seed``; one record per final run.
+
+    Seeds below ``first_seed`` are neither run nor read (seeds split across machines or sittings).
+    """
     print(f"== {name}: {', '.join(domains)}", flush=True)
     records = []
-    for seed in range(1, max([s for _, s in plan], default=0) + 1):
+    for seed in range(first_seed, max([s for _, s in plan], default=0) + 1):
         for method, seeds in plan:
             if seed <= seeds:
                 root = os.path.join(spec.out, name, method, f"seed{seed}")

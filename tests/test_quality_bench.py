@@ -258,3 +258,24 @@ def test_a_run_started_with_other_flags_is_refused_not_reused(tmp_path):
     moved.report_only = True
     with pytest.raises(qr.NotRun):
         qr.train(moved, run_dir, ["a", "b"], 1, flags(25))
+
+
+def test_first_seed_runs_and_reads_only_the_later_seeds(tmp_path):
+    from benchmarks import quality_runs as qr
+
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    spec.report_only = True
+    for seed in (1, 2, 3):
+        done = tmp_path / "s" / "stratified" / f"seed{seed}" / "final"
+        done.mkdir(parents=True)
+        (done / "test_results.json").write_text(f'{{"test_ppl": {{"a": 2.0, "b": 4.0}}, "avg_test_ppl": {seed}.0, '
+                                                '"avg_test_loss": 1.0, "worst_domain": "b", "worst_test_ppl": 4.0}')
+    recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 3)], first_seed=2)
+    assert [(r["seed"], r["avg_test_ppl"]) for r in recs] == [(2, 2.0), (3, 3.0)]
+
+
+def test_first_seed_outside_the_seeds_is_refused_naming_the_flag(tmp_path):
+    from benchmarks import mixing_quality as mq
+
+    with pytest.raises(SystemExit, match="--first-seed 6"):
+        mq.main(["--profile", "paper", "--seeds", "5", "--first-seed", "6", "--corpus", str(tmp_path)])
