@@ -202,15 +202,21 @@ def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_r
     assert tilt["method"] == "p0.45" and qr._tilt("p0.45", 2) == [0.45, pytest.approx(0.55)]
 
 
+def _finished_run(out, run: str, avg_ppl: float) -> None:
+    """A final run's test_results.json under ``out/run/final``, as a finished benchmark run leaves it."""
+    done = out / run / "final"
+    done.mkdir(parents=True)
+    (done / "test_results.json").write_text(json.dumps({"test_ppl": {"a": 2.0, "b": 4.0}, "avg_test_ppl": avg_ppl,
+                                                        "avg_test_loss": 1.04, "worst_domain": "b",
+                                                        "worst_test_ppl": 4.0}))
+
+
 def test_report_only_trains_nothing_and_skips_unfinished_runs(tmp_path, capsys):
     from benchmarks import quality_runs as qr
 
     spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
     spec.report_only = True
-    done = tmp_path / "s" / "stratified" / "seed1" / "final"
-    done.mkdir(parents=True)
-    (done / "test_results.json").write_text('{"test_ppl": {"a": 2.0, "b": 4.0}, "avg_test_ppl": 3.0, '
-                                            '"avg_test_loss": 1.04, "worst_domain": "b", "worst_test_ppl": 4.0}')
+    _finished_run(tmp_path, "s/stratified/seed1", 3.0)
     recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 2), ("aioli", 2), ("p0.45", 1), ("grid", 1)])
     assert [(r["method"], r["seed"], r["avg_test_ppl"]) for r in recs] == [("stratified", 1, 3.0)]
     assert "aioli seed 1: not run yet" in capsys.readouterr().out
@@ -266,16 +272,11 @@ def test_first_seed_runs_and_reads_only_the_later_seeds(tmp_path):
     spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
     spec.report_only = True
     for seed in (1, 2, 3):
-        done = tmp_path / "s" / "stratified" / f"seed{seed}" / "final"
-        done.mkdir(parents=True)
-        (done / "test_results.json").write_text(f'{{"test_ppl": {{"a": 2.0, "b": 4.0}}, "avg_test_ppl": {seed}.0, '
-                                                '"avg_test_loss": 1.0, "worst_domain": "b", "worst_test_ppl": 4.0}')
+        _finished_run(tmp_path, f"s/stratified/seed{seed}", float(seed))
     recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 3)], first_seed=2)
     assert [(r["seed"], r["avg_test_ppl"]) for r in recs] == [(2, 2.0), (3, 3.0)]
 
 
 def test_first_seed_outside_the_seeds_is_refused_naming_the_flag(tmp_path):
-    from benchmarks import mixing_quality as mq
-
     with pytest.raises(SystemExit, match="--first-seed 6"):
         mq.main(["--profile", "paper", "--seeds", "5", "--first-seed", "6", "--corpus", str(tmp_path)])
