@@ -254,7 +254,7 @@ def _sweep_mixtures(k: int, seed: int, count: int = 6) -> list[list[float]]:
     import numpy as np
 
     if k == 2:
-        return [[round(p, 1), round(1 - p, 1)] for p in np.arange(0.1, 1.0, 0.1)]
+        return [[float(round(p, 1)), float(round(1 - p, 1))] for p in np.arange(0.1, 1.0, 0.1)]
     rng = np.random.default_rng([seed, k])
     return [[1.0 / k] * k] + [list(map(float, rng.dirichlet(np.ones(k)))) for _ in range(count)]
 

@@ -13,7 +13,7 @@ sys.path.insert(0, REPO)
 
 from benchmarks import mixing_quality as mq  # noqa: E402
 from benchmarks.paper_profile import aioli_recipe, choose_probes, parse_setting, parse_settings  # noqa: E402
-from benchmarks.quality_runs import paper_spec  # noqa: E402
+from benchmarks.quality_runs import _sweep_mixtures, paper_spec  # noqa: E402
 from benchmarks.quality_table import (  # noqa: E402
     headroom_notes, markdown_table, mixture_table, paired_stats, per_seed_table, summarize)
 
@@ -168,6 +168,16 @@ def test_mean_mixture_weights_phases_by_their_steps_and_the_table_averages_seeds
 
 
 # ---------------------------------------------------------------- runs (training mocked)
+def test_sweep_mixtures_are_plain_floats_on_the_simplex_and_seeded():
+    two = _sweep_mixtures(2, seed=1)
+    assert [m[0] for m in two] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert all(type(x) is float and math.isclose(sum(m), 1.0) for m in two for x in m)  # labels print 0.1, not np.float64(0.1)
+    three = _sweep_mixtures(3, seed=1)
+    assert len(three) == 7 and three[0] == [1 / 3] * 3
+    assert all(type(x) is float for m in three for x in m) and all(math.isclose(sum(m), 1.0) for m in three)
+    assert three == _sweep_mixtures(3, seed=1) and three != _sweep_mixtures(3, seed=2)
+
+
 def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_run(tmp_path, monkeypatch):
     from benchmarks import quality_runs as qr
 
