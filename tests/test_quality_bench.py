@@ -171,7 +171,8 @@ def test_mean_mixture_weights_phases_by_their_steps_and_the_table_averages_seeds
 def test_sweep_mixtures_are_plain_floats_on_the_simplex_and_seeded():
     two = _sweep_mixtures(2, seed=1)
     assert [m[0] for m in two] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    assert all(type(x) is float and math.isclose(sum(m), 1.0) for m in two for x in m)  # labels print 0.1, not np.float64(0.1)
+    # plain floats, so the sweep's labels print 0.1 and not np.float64(0.1)
+    assert all(type(x) is float and math.isclose(sum(m), 1.0) for m in two for x in m)
     three = _sweep_mixtures(3, seed=1)
     assert len(three) == 7 and three[0] == [1 / 3] * 3
     assert all(type(x) is float for m in three for x in m) and all(math.isclose(sum(m), 1.0) for m in three)
