@@ -167,7 +167,6 @@ def test_mean_mixture_weights_phases_by_their_steps_and_the_table_averages_seeds
     assert lines == ["| method | seeds | a | b |", "|---|---|---|---|", "| aioli | 3 | 0.500 | 0.500 |"]
 
 
-# ---------------------------------------------------------------- runs (training mocked)
 def test_sweep_mixtures_are_plain_floats_on_the_simplex_and_seeded():
     two = _sweep_mixtures(2, seed=1)
     assert [m[0] for m in two] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -179,6 +178,7 @@ def test_sweep_mixtures_are_plain_floats_on_the_simplex_and_seeded():
     assert three == _sweep_mixtures(3, seed=1) and three != _sweep_mixtures(3, seed=2)
 
 
+# ---------------------------------------------------------------- runs (training mocked)
 def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_run(tmp_path, monkeypatch):
     from benchmarks import quality_runs as qr
 
