@@ -22,6 +22,10 @@ Profiles:
           learned on half-length runs used static; grid+aioli: the same as Aioli's prior;
           2- and 3-domain settings)
 
+Control rows (any profile): replay:ROW trains ROW's recorded schedule.json (same seed) again with
+--mixing-method replay; mirror:ROW does so with every tilt reversed through uniform
+(--replay-mirror). Against ROW they tell the direction of its tilts from the effect of changing p.
+
 Each cell: mean paired difference to stratified (same seed), its standard deviation, the 95 %
 t interval and n. Output: <out>/results.md (the tables of average test perplexity and loss, each
 row's per-seed differences and the mean mixture it trained on) and <out>/results.json (every run).
@@ -40,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.paper_profile import aioli_recipe, parse_settings  # noqa: E402
-from benchmarks.quality_runs import PPL, QualitySpec, paper_spec, run_setting  # noqa: E402
+from benchmarks.quality_runs import PPL, QualitySpec, paper_spec, run_setting, source_row  # noqa: E402
 from benchmarks.quality_table import (  # noqa: E402
     METRICS, headroom_notes, markdown_table, mixture_table, per_seed_table, summarize)
 from megamix.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -141,8 +145,9 @@ def plan(profile: str, methods: list[str], k: int, seeds: int, aux_seeds: int) -
     """(method, number of seeds) for one setting of K domains; 0 seeds where a row does not apply."""
     out = []
     for m in methods:
-        n = seeds if (profile != "paper" or m.removesuffix(PPL) in MAIN_METHODS) else min(aux_seeds, seeds)
-        if profile == "paper" and (k > PAPER_MAX_K.get(m, k) or (m.startswith("p0") and k != 2)):
+        row = source_row(m)  # a control row (replay:ROW, mirror:ROW) runs where and as often as its ROW
+        n = seeds if (profile != "paper" or row.removesuffix(PPL) in MAIN_METHODS) else min(aux_seeds, seeds)
+        if profile == "paper" and (k > PAPER_MAX_K.get(row, k) or (row.startswith("p0") and k != 2)):
             n = 0
         out.append((m, n))
     return out

@@ -362,6 +362,27 @@ PROBE_FREE = {"aioli-grad": "gradient", "aioli-look": "lookahead"}
 PPL = "-ppl"
 """Suffix of an Aioli row run with --aioli-objective perplexity (aioli-ppl, aioli-grad-ppl, aioli-look-ppl)."""
 
+REPLAYS = ("replay", "mirror")
+"""Control rows ``replay:ROW`` / ``mirror:ROW``: ROW's recorded schedule (same seed) trained again with
+--mixing-method replay, as recorded or with every tilt reversed through uniform (--replay-mirror)."""
+
+
+def source_row(method: str) -> str:
+    """The row a control row replays (``mirror:aioli-grad-ppl`` -> ``aioli-grad-ppl``); any other row itself."""
+    kind, sep, source = method.partition(":")
+    return source if sep and kind in REPLAYS else method
+
+
+def _replay(spec: QualitySpec, method: str, root: str, domains: list[str], seed: int) -> dict:
+    """A control row: its source row's run (trained first if needed), then that run's schedule replayed."""
+    source = source_row(method)
+    src = run_method(spec, source, os.path.join(os.path.dirname(os.path.dirname(root)), source, f"seed{seed}"),
+                     domains, seed)
+    flags = ["--mixing-method", "replay", "--replay-schedule", os.path.join(src["run_dir"], "schedule.json")]
+    if method.startswith("mirror:"):
+        flags.append("--replay-mirror")
+    return train(spec, os.path.join(root, "final"), domains, seed, flags, label=f"{method} seed {seed}")
+
 
 def _aioli_row_flags(spec: QualitySpec, method: str, k: int) -> list[str]:
     """The flags of an Aioli row: the profile's recipe, its estimator, its objective."""
@@ -379,7 +400,8 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
 
     Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), each Aioli row
     with ``-ppl`` (--aioli-objective perplexity), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
-    X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior).
+    X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior),
+    replay:ROW / mirror:ROW (ROW's recorded schedule trained again, as is / with its tilts reversed).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
     """
     n, k = spec.train_iters, len(domains)
@@ -387,6 +409,8 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
     if method == "stratified":
         rec, extra = train(spec, final, domains, seed, ["--mixing-method", "stratified"],
                            label=f"stratified seed {seed}"), 0
+    elif source_row(method) != method:
+        rec, extra = _replay(spec, method, root, domains, seed), 0
     elif method.removesuffix(PPL) in ("aioli", *PROBE_FREE):
         rec, extra = train(spec, final, domains, seed, _aioli_row_flags(spec, method, k),
                            label=f"{method} seed {seed}"), 0

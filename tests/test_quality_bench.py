@@ -89,6 +89,9 @@ def test_paper_plan_runs_headroom_on_two_domains_and_aux_seeds():
     assert [m for m, n in seven.items() if n] == ["stratified", "aioli"]
     assert dict(mq.plan("quick", ["stratified", "aioli"], 7, 3, 1)) == {"stratified": 3, "aioli": 3}
     assert dict(mq.plan("paper", ["aioli-ppl", "aioli-look-ppl"], 7, 5, 3)) == {"aioli-ppl": 5, "aioli-look-ppl": 5}
+    controls = ["mirror:aioli-grad-ppl", "replay:p0.55", "mirror:grid"]  # as often and where their source row runs
+    assert dict(mq.plan("paper", controls, 2, 5, 3)) == {"mirror:aioli-grad-ppl": 5, "replay:p0.55": 3, "mirror:grid": 3}
+    assert dict(mq.plan("paper", controls, 3, 5, 3)) == {"mirror:aioli-grad-ppl": 5, "replay:p0.55": 0, "mirror:grid": 0}
 
 
 def test_aioli_rows_name_their_estimator_and_objective():
@@ -211,6 +214,30 @@ def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_r
     assert full["extra_steps"] == 8 * 1000 and not any(t[0].startswith("s/grid/") for t in trained)
     tilt = qr.run_method(spec, "p0.45", root("p0.45"), ["a", "b"], 1)
     assert tilt["method"] == "p0.45" and qr._tilt("p0.45", 2) == [0.45, pytest.approx(0.55)]
+
+
+def test_control_rows_replay_their_source_rows_schedule_of_the_same_seed(tmp_path, monkeypatch):
+    from benchmarks import quality_runs as qr
+
+    trained = []
+
+    def fake_train(spec, run_dir, domains, seed, flags, iters=None, label=""):
+        trained.append((os.path.relpath(run_dir, tmp_path), flags))
+        return {"run_dir": run_dir, "avg_test_ppl": 1.0}
+
+    monkeypatch.setattr(qr, "train", fake_train)
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    rec = qr.run_method(spec, "mirror:aioli-grad-ppl", str(tmp_path / "s" / "mirror:aioli-grad-ppl" / "seed2"),
+                        ["a", "b"], 2)
+    (source, src_flags), (control, flags) = trained
+    assert source == "s/aioli-grad-ppl/seed2/final" and "--aioli-estimator" in src_flags
+    assert control == "s/mirror:aioli-grad-ppl/seed2/final" and rec["method"] == "mirror:aioli-grad-ppl"
+    assert flags == ["--mixing-method", "replay", "--replay-schedule",
+                     str(tmp_path / "s" / "aioli-grad-ppl" / "seed2" / "final" / "schedule.json"), "--replay-mirror"]
+    trained.clear()
+    qr.run_method(spec, "replay:stratified", str(tmp_path / "s" / "replay:stratified" / "seed1"), ["a", "b"], 1)
+    assert "--replay-mirror" not in trained[-1][1] and trained[0][0] == "s/stratified/seed1/final"
+    assert qr.source_row("p0.55") == "p0.55" and qr.source_row("mirror:p0.55") == "p0.55"
 
 
 def _finished_run(out, run: str, avg_ppl: float) -> None:

@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "megamix.mixing.skillit",
     "megamix.mixing.doremi",
     "megamix.mixing.doge",
+    "megamix.mixing.replay",
 )
 
 _METHODS: dict[str, MethodSpec] = {}
