@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import subprocess
 
@@ -13,6 +15,7 @@ from launch import job_env, make_data, tiny_args, torchrun_cmd
 from megamix.data.schedule import MixtureSchedule
 from megamix.fileio import read_jsonl
 from megamix.mixing.base import MixerContext
+from megamix.mixing.config import MixingConfig
 from megamix.mixing.registry import build_mixer
 from megamix.mixing.replay import ReplayMixer, mirrored, read_schedule
 from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
@@ -70,6 +73,8 @@ def test_phases_follow_the_segments_and_a_resume_mid_segment_takes_its_rest(tmp_
     parser = add_mixing_args(argparse.ArgumentParser())
     cfg = mixing_config_from_args(parser.parse_args(["--mixing-method", "replay", "--replay-schedule", path]),
                                   None, ["a", "b"])
+    assert cfg.options.mirror is False
+    assert MixingConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # config.json, resume
     mixer = build_mixer(cfg, _ctx(5))
     first = mixer.next_phase(0, 5)
     assert (first.steps, first.kind) == (0, "eval")
