@@ -43,3 +43,19 @@ def test_evaluation_is_the_same_at_any_eval_batch(tmp_path):
     assert np.all(np.isfinite(losses[0])) and losses[0].shape == (2,)
     for other in losses[1:]:
         np.testing.assert_allclose(other, losses[0], rtol=1e-5)
+
+
+def test_ranks_get_equal_shares_and_their_sums_equal_one_ranks_evaluation_bit_for_bit(tmp_path):
+    prefixes = write_domains(tmp_path, ["a", "b", "c"])
+    cfg = DataConfig(data_path=prefixes, split="60,40,0", seq_length=16, data_cache_path=str(tmp_path / "c"))
+    valid = build_domain_datasets(cfg, "valid")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=1024, num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16))
+    cpu = torch.device("cpu")
+    whole = Evaluator(valid, 6, 4, 0, 1, cpu).local_stats(model).data  # 18 samples
+    for world in (2, 3, 4):
+        ranks = [Evaluator(valid, 6, 4, r, world, cpu) for r in range(world)]
+        real = [int(sum(b["loss_mask"].amax(dim=1).sum() for b in e.batches)) for e in ranks]
+        assert len({len(e.batches) for e in ranks}) == 1  # the same number of forward passes (ZeRO-3)
+        assert sum(real) == 18 and max(real) - min(real) <= 1  # equal shares: 18 over 4 ranks is 5, 5, 4, 4
+        assert torch.equal(sum(e.local_stats(model).data for e in ranks), whole)
