@@ -330,15 +330,16 @@ def _tilt(method: str, k: int) -> list[float]:
     return [x] + [(1.0 - x) / (k - 1)] * (k - 1)
 
 
-def _reuse_sweep_run(weights_file: str, sweep_root: str) -> str | None:
-    """The sweep run trained on exactly the chosen mixture (grid search picks one), or None."""
+def _reuse_sweep_run(weights_file: str, sweep_root: str) -> tuple[str, str] | None:
+    """The sweep run trained on exactly the chosen mixture (grid search picks one) and its weights
+    file, or None."""
     with open(weights_file) as f:
         chosen = json.load(f)["weights"]
     for name in sorted(os.listdir(sweep_root)):
         if name.endswith(".weights.json"):
             with open(os.path.join(sweep_root, name)) as f:
                 if all(abs(a - b) < 1e-9 for a, b in zip(json.load(f)["weights"], chosen)):
-                    return os.path.join(sweep_root, name[:-len(".weights.json")])
+                    return os.path.join(sweep_root, name[:-len(".weights.json")]), os.path.join(sweep_root, name)
     return None
 
 
@@ -350,9 +351,11 @@ def _learned(spec: QualitySpec, method: str, root: str, domains: list[str], seed
                               "half" if half else "full")
     weights, extra = learn_mixture(spec, base, learn_root, domains, seed, n // 2 if half else n)
     if base == "grid" and not half:  # the chosen mixture was one of the sweep's full-length runs
-        run = _reuse_sweep_run(weights, os.path.join(learn_root, "sweep"))
-        if run is not None:
-            return train(spec, run, domains, seed, [], label=f"{method} seed {seed} (its sweep run)"), extra - n
+        reused = _reuse_sweep_run(weights, os.path.join(learn_root, "sweep"))
+        if reused is not None:  # read back with the flags it was trained with (the run check compares them)
+            run, wf = reused
+            return train(spec, run, domains, seed, ["--mixing-method", "static", "--mixture-weights", wf],
+                         label=f"{method} seed {seed} (its sweep run)"), extra - n
     return _static(spec, os.path.join(root, "final"), domains, seed, weights, f"{method} seed {seed}"), extra
 
 

@@ -211,6 +211,8 @@ def test_restricted_rows_share_one_half_length_sweep_and_grid_reuses_its_sweep_r
     trained.clear()
     full = qr.run_method(spec, "grid", root("grid"), ["a", "b"], 1)
     assert full["run_dir"].endswith(os.path.join("_learn", "seed1", "full", "sweep", "mix02"))
+    sweep_flags = [t[2] for t in trained if t[0].endswith("full/sweep/mix02")]
+    assert sweep_flags[-1] == sweep_flags[0]  # read back with the flags it was trained with
     assert full["extra_steps"] == 8 * 1000 and not any(t[0].startswith("s/grid/") for t in trained)
     tilt = qr.run_method(spec, "p0.45", root("p0.45"), ["a", "b"], 1)
     assert tilt["method"] == "p0.45" and qr._tilt("p0.45", 2) == [0.45, pytest.approx(0.55)]
