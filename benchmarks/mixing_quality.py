@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.paper_profile import aioli_recipe, parse_settings  # noqa: E402
-from benchmarks.quality_runs import PPL, QualitySpec, paper_spec, run_setting, source_row  # noqa: E402
+from benchmarks.quality_runs import QualitySpec, aioli_row, paper_spec, run_setting, source_row  # noqa: E402
 from benchmarks.quality_table import (  # noqa: E402
     METRICS, headroom_notes, markdown_table, mixture_table, per_seed_table, summarize)
 from megamix.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -63,9 +63,6 @@ PROFILES = {
              "grid+aioli", "dml+aioli", "skillit+aioli", "doremi+aioli", "doge+aioli"],
     "paper": ["stratified", "aioli", "p0.45", "p0.55", "grid", "grid-half", "grid+aioli"],
 }
-MAIN_METHODS = ("stratified", "aioli", "aioli-grad", "aioli-look")
-"""Rows run on --seeds seeds (so do their -ppl forms); in the paper profile every other row runs on
---aux-seeds seeds."""
 PAPER_MAX_K = {"grid": 2, "grid-half": 3, "grid+aioli": 3, "dml-half": 3, "dml+aioli": 3}
 """Paper profile: the headroom rows run on 2-domain settings, the restricted rows on 2- and 3-domain ones."""
 
@@ -142,11 +139,16 @@ def build_spec(args: argparse.Namespace, corpus: str) -> QualitySpec:
 
 
 def plan(profile: str, methods: list[str], k: int, seeds: int, aux_seeds: int) -> list[tuple[str, int]]:
-    """(method, number of seeds) for one setting of K domains; 0 seeds where a row does not apply."""
+    """(method, number of seeds) for one setting of K domains; 0 seeds where a row does not apply.
+
+    Stratified and every Aioli row run on ``seeds`` seeds; in the paper profile the other rows
+    (headroom, restricted) on ``aux_seeds``.
+    """
     out = []
     for m in methods:
         row = source_row(m)  # a control row (replay:ROW, mirror:ROW) runs where and as often as its ROW
-        n = seeds if (profile != "paper" or row.removesuffix(PPL) in MAIN_METHODS) else min(aux_seeds, seeds)
+        main = row == "stratified" or aioli_row(row) is not None
+        n = seeds if (profile != "paper" or main) else min(aux_seeds, seeds)
         if profile == "paper" and (k > PAPER_MAX_K.get(row, k) or (row.startswith("p0") and k != 2)):
             n = 0
         out.append((m, n))

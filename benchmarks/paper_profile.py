@@ -81,9 +81,9 @@ def choose_probes(k_domains: int, round_length: int, share: float, max_sweeps: i
     return best[1]
 
 
-def aioli_recipe(k_domains: int, round_length: int) -> AioliRecipe:
-    """The paper profile's Aioli for K domains at round length U."""
-    if k_domains in _PAPER:
+def aioli_recipe(k_domains: int, round_length: int, own: bool = False) -> AioliRecipe:
+    """The paper profile's Aioli for K domains at round length U (``own``: megamix's K >= 4 recipe at any K)."""
+    if k_domains in _PAPER and not own:
         f, eta, ema, k0, s0 = _PAPER[k_domains]
         share = k0 * k_domains * s0 / _PAPER_U
         k, s = choose_probes(k_domains, round_length, share, max_sweeps=k0, max_steps=s0)

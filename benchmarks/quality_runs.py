@@ -73,7 +73,9 @@ class QualitySpec:
                 + f"\n- aioli-look: the same with --aioli-estimator lookahead (A from the validation loss change of a "
                 f"virtual Adam step on each domain's gradient, every {self.grad_interval} steps)"
                 + "\n- a row ending in -ppl: that Aioli with --aioli-objective perplexity (the EG step lowers the "
-                "average perplexity, not the average loss)")
+                "average perplexity, not the average loss)"
+                + "\n- a row ending in -own: that Aioli with megamix's K >= 4 recipe at every K (cumulative update, "
+                "eta 1, no EMA, one round on the start mixture first), so p is not held near uniform")
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -99,10 +101,10 @@ class QualitySpec:
             flags += ["--eval-micro-batch-size", str(self.eval_micro_batch)]
         return flags
 
-    def aioli_flags(self, k_domains: int = 2) -> list[str]:
-        """Aioli's hyperparameters at this scale (per K in the paper profile)."""
+    def aioli_flags(self, k_domains: int = 2, own: bool = False) -> list[str]:
+        """Aioli's hyperparameters at this scale (per K in the paper profile; ``own``: its K >= 4 recipe)."""
         if self.profile == "paper":
-            return aioli_recipe(k_domains, self.round_length).flags()
+            return aioli_recipe(k_domains, self.round_length, own).flags()
         return ["--mixing-method", "aioli", "--aioli-lp-rounds", str(self.lp_rounds),
                 "--aioli-lp-steps", str(self.lp_steps), "--aioli-prior-steps", str(self.aioli_warmup)]
 
@@ -365,6 +367,18 @@ PROBE_FREE = {"aioli-grad": "gradient", "aioli-look": "lookahead"}
 PPL = "-ppl"
 """Suffix of an Aioli row run with --aioli-objective perplexity (aioli-ppl, aioli-grad-ppl, aioli-look-ppl)."""
 
+OWN = "-own"
+"""Last suffix of an Aioli row run with megamix's K >= 4 recipe at any K (aioli-grad-ppl-own: cumulative
+update, eta 1, no EMA, one round on the start mixture first), where p is not confined near uniform."""
+
+
+def aioli_row(method: str) -> tuple[str, bool, bool] | None:
+    """``aioli-grad-ppl-own`` -> ('aioli-grad', perplexity objective, own recipe); None if not an Aioli row."""
+    own = method.endswith(OWN)
+    rest = method.removesuffix(OWN)
+    base = rest.removesuffix(PPL)
+    return (base, rest != base, own) if base in ("aioli", *PROBE_FREE) else None
+
 REPLAYS = ("replay", "mirror")
 """Control rows ``replay:ROW`` / ``mirror:ROW``: ROW's recorded schedule (same seed) trained again with
 --mixing-method replay, as recorded or with every tilt reversed through uniform (--replay-mirror)."""
@@ -389,11 +403,11 @@ def _replay(spec: QualitySpec, method: str, root: str, domains: list[str], seed:
 
 def _aioli_row_flags(spec: QualitySpec, method: str, k: int) -> list[str]:
     """The flags of an Aioli row: the profile's recipe, its estimator, its objective."""
-    base = method.removesuffix(PPL)
-    flags = [*spec.aioli_flags(k)]
+    base, ppl, own = aioli_row(method)
+    flags = [*spec.aioli_flags(k, own)]
     if base in PROBE_FREE:
         flags += ["--aioli-estimator", PROBE_FREE[base], "--aioli-grad-interval", str(spec.grad_interval)]
-    if method.endswith(PPL):
+    if ppl:
         flags += ["--aioli-objective", "perplexity"]
     return flags
 
@@ -402,7 +416,7 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
     """One method's final run on one setting and seed, with the extra steps its learning cost.
 
     Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), each Aioli row
-    with ``-ppl`` (--aioli-objective perplexity), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
+    with ``-ppl`` (--aioli-objective perplexity) and/or ``-own`` (megamix's K >= 4 recipe), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
     X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior),
     replay:ROW / mirror:ROW (ROW's recorded schedule trained again, as is / with its tilts reversed).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
@@ -414,7 +428,7 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
                            label=f"stratified seed {seed}"), 0
     elif source_row(method) != method:
         rec, extra = _replay(spec, method, root, domains, seed), 0
-    elif method.removesuffix(PPL) in ("aioli", *PROBE_FREE):
+    elif aioli_row(method) is not None:
         rec, extra = train(spec, final, domains, seed, _aioli_row_flags(spec, method, k),
                            label=f"{method} seed {seed}"), 0
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():

@@ -108,6 +108,26 @@ def test_aioli_rows_name_their_estimator_and_objective():
         assert value(flags, "--aioli-grad-interval") == (None if estimator is None else "25")
 
 
+def test_own_recipe_rows_run_megamix_k7_recipe_at_any_k():
+    from benchmarks.mixing_quality import plan
+    from benchmarks.quality_runs import _aioli_row_flags, aioli_row
+
+    spec = paper_spec("corpus", "out", 1000)
+    value = lambda flags, name: flags[flags.index(name) + 1] if name in flags else None  # noqa: E731
+    assert aioli_row("aioli-grad-ppl-own") == ("aioli-grad", True, True)
+    assert aioli_row("aioli-own") == ("aioli", False, True) and aioli_row("grid-own") is None
+    assert aioli_row("aioli-ppl") == ("aioli", True, False)
+    flags = _aioli_row_flags(spec, "aioli-grad-ppl-own", 2)
+    assert flags[:len(spec.aioli_flags(2, own=True))] == aioli_recipe(2, 50, own=True).flags()
+    assert (value(flags, "--aioli-update"), value(flags, "--aioli-eta"), value(flags, "--aioli-ema")) == \
+        ("cumulative", "1.0", None)
+    assert value(flags, "--aioli-prior-steps") == "50" and value(flags, "--aioli-objective") == "perplexity"
+    assert value(_aioli_row_flags(spec, "aioli-grad-ppl", 2), "--aioli-update") == "reset"
+    assert aioli_recipe(7, 50, own=True) == aioli_recipe(7, 50)  # K >= 4 runs it already
+    # an -own row is a main row: it runs on every seed, like the row it modifies
+    assert dict(plan("paper", ["aioli-grad-ppl-own", "p0.55"], 2, 5, 3)) == {"aioli-grad-ppl-own": 5, "p0.55": 3}
+
+
 # ---------------------------------------------------------------- statistics
 def test_paired_stats_t_interval():
     d = [-0.19, 0.20, 0.33, 0.26, 0.03]  # the pilot: Aioli − stratified on seeds 1–5
