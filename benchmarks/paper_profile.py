@@ -92,9 +92,10 @@ def aioli_recipe(k_domains: int, round_length: int, own: bool = False) -> AioliR
     if 2 * k_domains >= round_length:
         raise ValueError(f"round length U={round_length} is too short for {k_domains} probes of 2 steps; "
                          f"raise --train-iters (U = N // {ROUNDS})")
-    return AioliRecipe(k_domains, round_length, 1, 2, 0.5, 1.0, None, "cumulative", round_length,
+    f = _PAPER[k_domains][0] if k_domains in _PAPER else 0.5  # f must exceed 1/K (the gradient rows ignore it)
+    return AioliRecipe(k_domains, round_length, 1, 2, f, 1.0, None, "cumulative", round_length,
                        "megamix's own configuration, not the paper's (no faithful K>=4 anchor): the best of "
-                       "benchmarks/aioli_ablation.py on all-7 (s=2, f=0.5, one warm-up round)")
+                       "benchmarks/aioli_ablation.py on all-7 (s=2, f=0.5 for K>=4, one warm-up round)")
 
 
 def parse_setting(text: str, builtin: dict[str, list[str]]) -> tuple[str, list[str]]:

@@ -122,6 +122,7 @@ def test_own_recipe_rows_run_megamix_k7_recipe_at_any_k():
     assert (value(flags, "--aioli-update"), value(flags, "--aioli-eta"), value(flags, "--aioli-ema")) == \
         ("cumulative", "1.0", None)
     assert value(flags, "--aioli-prior-steps") == "50" and value(flags, "--aioli-objective") == "perplexity"
+    assert value(flags, "--aioli-one-hot-factor") == "0.625"  # f must exceed 1/K: the K = 2 paper value
     assert value(_aioli_row_flags(spec, "aioli-grad-ppl", 2), "--aioli-update") == "reset"
     assert aioli_recipe(7, 50, own=True) == aioli_recipe(7, 50)  # K >= 4 runs it already
     # an -own row is a main row: it runs on every seed, like the row it modifies
