@@ -341,3 +341,16 @@ def test_first_seed_runs_and_reads_only_the_later_seeds(tmp_path):
 def test_first_seed_outside_the_seeds_is_refused_naming_the_flag(tmp_path):
     with pytest.raises(SystemExit, match="--first-seed 6"):
         mq.main(["--profile", "paper", "--seeds", "5", "--first-seed", "6", "--corpus", str(tmp_path)])
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+@pytest.mark.parametrize("own", [False, True])
+def test_every_recipe_passes_the_launchers_own_checks(k, own):
+    import argparse
+
+    from megamix.training.mixing_args import add_mixing_args, mixing_config_from_args
+
+    parser = add_mixing_args(argparse.ArgumentParser())
+    cfg = mixing_config_from_args(parser.parse_args(aioli_recipe(k, 50, own).flags()), None,
+                                  [f"d{i}" for i in range(k)])
+    cfg.options.check_domains(k)  # what pretrain_gpt_mix.py runs once it knows K
