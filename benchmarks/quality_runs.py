@@ -105,6 +105,8 @@ class QualitySpec:
         """Aioli's hyperparameters at this scale (per K in the paper profile; ``own``: its K >= 4 recipe)."""
         if self.profile == "paper":
             return aioli_recipe(k_domains, self.round_length, own).flags()
+        if own:
+            raise ValueError(f"an '-own' Aioli row needs --profile paper (the {self.profile} profile has one recipe)")
         return ["--mixing-method", "aioli", "--aioli-lp-rounds", str(self.lp_rounds),
                 "--aioli-lp-steps", str(self.lp_steps), "--aioli-prior-steps", str(self.aioli_warmup)]
 
@@ -379,6 +381,7 @@ def aioli_row(method: str) -> tuple[str, bool, bool] | None:
     base = rest.removesuffix(PPL)
     return (base, rest != base, own) if base in ("aioli", *PROBE_FREE) else None
 
+
 REPLAYS = ("replay", "mirror")
 """Control rows ``replay:ROW`` / ``mirror:ROW``: ROW's recorded schedule (same seed) trained again with
 --mixing-method replay, as recorded or with every tilt reversed through uniform (--replay-mirror)."""
@@ -416,8 +419,8 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
     """One method's final run on one setting and seed, with the extra steps its learning cost.
 
     Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), each Aioli row
-    with ``-ppl`` (--aioli-objective perplexity) and/or ``-own`` (megamix's K >= 4 recipe), skillit, p<x> (static tilt), X (a baseline's mixture learned at N),
-    X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior),
+    with ``-ppl`` (--aioli-objective perplexity) and/or ``-own`` (megamix's K >= 4 recipe), skillit,
+    p<x> (static tilt), X (a baseline's mixture learned at N), X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior),
     replay:ROW / mirror:ROW (ROW's recorded schedule trained again, as is / with its tilts reversed).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
     """
