@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     methods = args.methods.split(",") if args.methods else PROFILES[args.profile]
     seeds = args.seeds or (5 if args.profile == "paper" else 3)
+    own = [m for m in methods if (row := aioli_row(source_row(m))) is not None and row[2]]
+    if own and args.profile != "paper":
+        raise SystemExit(f"--methods {','.join(own)}: an '-own' Aioli row needs --profile paper "
+                         f"(the {args.profile} profile has one Aioli recipe)")
     if not 1 <= args.first_seed <= seeds:
         raise SystemExit(f"--first-seed {args.first_seed}: must lie in 1..--seeds ({seeds})")
     args.out = args.out or ("runs/mixing_quality_paper" if args.profile == "paper" else "runs/mixing_quality")

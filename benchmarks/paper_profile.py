@@ -94,7 +94,8 @@ def aioli_recipe(k_domains: int, round_length: int, own: bool = False) -> AioliR
                          f"raise --train-iters (U = N // {ROUNDS})")
     f = _PAPER[k_domains][0] if k_domains in _PAPER else 0.5  # f must exceed 1/K (the gradient rows ignore it)
     return AioliRecipe(k_domains, round_length, 1, 2, f, 1.0, None, "cumulative", round_length,
-                       "megamix's own configuration, not the paper's (no faithful K>=4 anchor): the best of "
+                       "megamix's own configuration, not the paper's (at K>=4, where no faithful anchor exists, and in "
+                       "the '-own' rows): the best of "
                        "benchmarks/aioli_ablation.py on all-7 (s=2, f=0.5 for K>=4, one warm-up round)")
 
 

@@ -102,11 +102,10 @@ class QualitySpec:
         return flags
 
     def aioli_flags(self, k_domains: int = 2, own: bool = False) -> list[str]:
-        """Aioli's hyperparameters at this scale (per K in the paper profile; ``own``: its K >= 4 recipe)."""
+        """Aioli's hyperparameters at this scale (per K in the paper profile; ``own``: its K >= 4 recipe;
+        the quick and full profiles have one recipe, and mixing_quality.py refuses ``-own`` rows there)."""
         if self.profile == "paper":
             return aioli_recipe(k_domains, self.round_length, own).flags()
-        if own:
-            raise ValueError(f"an '-own' Aioli row needs --profile paper (the {self.profile} profile has one recipe)")
         return ["--mixing-method", "aioli", "--aioli-lp-rounds", str(self.lp_rounds),
                 "--aioli-lp-steps", str(self.lp_steps), "--aioli-prior-steps", str(self.aioli_warmup)]
 
@@ -420,7 +419,8 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
 
     Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), each Aioli row
     with ``-ppl`` (--aioli-objective perplexity) and/or ``-own`` (megamix's K >= 4 recipe), skillit,
-    p<x> (static tilt), X (a baseline's mixture learned at N), X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior),
+    p<x> (static tilt), X (a baseline's mixture learned at N), X-half (learned on half-length runs, used
+    static), X+aioli (the same, as Aioli's prior),
     replay:ROW / mirror:ROW (ROW's recorded schedule trained again, as is / with its tilts reversed).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
     """

@@ -13,7 +13,7 @@ sys.path.insert(0, REPO)
 
 from benchmarks import mixing_quality as mq  # noqa: E402
 from benchmarks.paper_profile import aioli_recipe, choose_probes, parse_setting, parse_settings  # noqa: E402
-from benchmarks.quality_runs import QualitySpec, _sweep_mixtures, paper_spec  # noqa: E402
+from benchmarks.quality_runs import _sweep_mixtures, paper_spec  # noqa: E402
 from benchmarks.quality_table import (  # noqa: E402
     headroom_notes, markdown_table, mixture_table, paired_stats, per_seed_table, summarize)
 
@@ -125,9 +125,8 @@ def test_own_recipe_rows_run_megamix_k7_recipe_at_any_k():
     assert value(flags, "--aioli-one-hot-factor") == "0.625"  # f must exceed 1/K: the K = 2 paper value
     assert value(_aioli_row_flags(spec, "aioli-grad-ppl", 2), "--aioli-update") == "reset"
     assert aioli_recipe(7, 50, own=True) == aioli_recipe(7, 50)  # K >= 4 runs it already
-    quick = QualitySpec(corpus="corpus", out="out")
-    with pytest.raises(ValueError, match="'-own' Aioli row needs --profile paper"):
-        _aioli_row_flags(quick, "aioli-own", 2)
+    with pytest.raises(SystemExit, match="--methods aioli-own: an '-own' Aioli row needs --profile paper"):
+        mq.main(["--profile", "quick", "--methods", "stratified,aioli-own", "--corpus", "no/such/dir"])
     # an -own row is a main row: it runs on every seed, like the row it modifies
     assert dict(plan("paper", ["aioli-grad-ppl-own", "p0.55"], 2, 5, 3)) == {"aioli-grad-ppl-own": 5, "p0.55": 3}
 
