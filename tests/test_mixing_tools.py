@@ -166,3 +166,47 @@ def test_plot_mixture_writes_png(tmp_path):
     assert plot_tool.main([str(run), str(run / "metrics.jsonl"), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     assert plot_tool.main([str(tmp_path / "none"), "--out", str(out)]) == 2
+
+
+# ---------------------------------------------------------------- tools/aioli_rounds.py
+rounds_tool = load_tool("aioli_rounds")
+
+
+def _round(r, p, e, after, **extra):
+    return {"event": "aioli_round", "round": r, "step": 50 * (r + 1), "domains": ["lit", "math"],
+            "weights_before": p, "E": e, "weights": after, **extra}
+
+
+def test_aioli_rounds_direction_and_summary(tmp_path, capsys):
+    """The centred EG direction is w @ E minus its mean; skipped rounds and the last round stay out of the t."""
+    e1, e2, e3 = [[0.4, 0.1], [0.2, 0.3]], [[0.5, 0.1], [0.1, 0.3]], [[0.1, 0.1], [0.1, 0.7]]
+    events = [_round(0, [0.5, 0.5], e1, [0.55, 0.45], objective="loss"),
+              {"event": "aioli_round", "round": 1, "skipped": "no estimate"},
+              _round(2, [0.55, 0.45], e2, [0.6, 0.4], objective="loss"),
+              _round(3, [0.6, 0.4], e3, [0.3, 0.7], objective="loss"), {"event": "train", "step": 200}]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    rounds = rounds_tool.read_rounds(str(run))
+    assert [r["round"] for r in rounds] == [0, 2, 3]
+    np.testing.assert_allclose(rounds_tool.direction(rounds[0])[1], [0.1, -0.1])  # column sums 0.6, 0.4
+    s = rounds_tool.summarize(rounds)
+    assert s["direction_rounds"] == 2  # rounds 0 and 2 (both +0.1 for lit); round 3, the last, left out
+    np.testing.assert_allclose(s["direction_mean"], [0.1, -0.1])
+    np.testing.assert_allclose(s["direction_sd"], [0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(s["p_first10_mean"], [0.4875, 0.5125])  # 0.5, 0.55, 0.6 and the last 0.3
+    assert s["p_last"] == [0.3, 0.7] and s["p_min"] == [0.3, 0.4] and s["p_max"] == [0.6, 0.7]
+    every = rounds_tool.summarize(rounds, all_rounds=True)  # lit: +0.1, +0.1, -0.3
+    assert every["direction_rounds"] == 3
+    np.testing.assert_allclose(every["direction_t"][0], (-0.1 / 3) / (np.std([0.1, 0.1, -0.3], ddof=1) / np.sqrt(3)))
+    ppl = _round(0, [0.5, 0.5], e1, [0.5, 0.5], objective="perplexity", objective_losses=[np.log(3.0), 0.0])
+    w, g = rounds_tool.direction(ppl)
+    np.testing.assert_allclose(w, [1.5, 0.5])
+    np.testing.assert_allclose(g, np.array([0.7, 0.3]) - 0.5)  # w @ E = [1.5*0.4 + 0.5*0.2, 1.5*0.1 + 0.5*0.3]
+    rounds_tool.main([str(run), "--rounds"])
+    assert "lit" in capsys.readouterr().out
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"event": "train", "step": 1}) + "\n")
+    with pytest.raises(SystemExit, match="plain.jsonl: no completed aioli_round"):
+        rounds_tool.read_rounds(str(tmp_path / "plain.jsonl"))
+    with pytest.raises(SystemExit, match="none.*not found"):
+        rounds_tool.read_rounds(str(tmp_path / "none"))

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""What moved Aioli's mixture: per round, p and the direction of the EG step, from metrics.jsonl.
+
+Each completed ``aioli_round`` record holds the smoothed matrix E and, under
+``--aioli-objective perplexity``, the row weights w; the EG step moves p along
+g = w @ E (the column sums of E under the loss objective, w = 1). Only g's centred part
+g_j − mean(g) moves p, so that is what is printed per round, beside the mixture the
+round trained at before its step and the row weights.
+
+The summary tells a consistent direction from noise: for each domain, the mean of the
+centred direction over the rounds, its standard deviation and t = mean / (sd / √n), plus
+the mixture's first-ten-round mean, last value and range. The last round is left out of
+the direction statistics, since its step moves no training step (``--all-rounds`` keeps it).
+
+  python tools/aioli_rounds.py RUN_DIR [RUN_DIR ...] [--rounds] [--all-rounds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megamix.mixing.law import perplexity_weights  # noqa: E402
+
+
+def read_rounds(path: str) -> list[dict]:
+    """The completed (not skipped) ``aioli_round`` records of a run directory or a metrics.jsonl."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: not found")
+    rounds = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if '"aioli_round"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if event.get("event") == "aioli_round" and "skipped" not in event:
+                rounds.append(event)
+    if not rounds:
+        raise SystemExit(f"{path}: no completed aioli_round record (not an Aioli run, or no round finished)")
+    return rounds
+
+
+def direction(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(row weights w, centred EG direction g − mean g) of one round's record."""
+    e = np.asarray(record["E"], dtype=np.float64)
+    if record.get("objective") == "perplexity":
+        w = np.asarray(record.get("objective_weights") or perplexity_weights(record["objective_losses"]))
+    else:
+        w = np.ones(len(e))
+    g = w @ e
+    return w, g - g.mean()
+
+
+def summarize(rounds: list[dict], all_rounds: bool = False) -> dict:
+    """Per-domain mixture trajectory and direction statistics of one run's rounds."""
+    domains = rounds[0]["domains"]
+    p = np.array([r["weights_before"] for r in rounds] + [rounds[-1]["weights"]], dtype=np.float64)
+    used = rounds if all_rounds or len(rounds) < 3 else rounds[:-1]
+    d = np.array([direction(r)[1] for r in used])
+    n = len(d)
+    sd = d.std(axis=0, ddof=1) if n > 1 else np.full(len(domains), math.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = d.mean(axis=0) / (sd / math.sqrt(n))
+    return {"domains": domains, "rounds": len(rounds), "direction_rounds": n,
+            "p_first10_mean": p[:10].mean(axis=0).tolist(), "p_last": p[-1].tolist(),
+            "p_min": p.min(axis=0).tolist(), "p_max": p.max(axis=0).tolist(),
+            "direction_mean": d.mean(axis=0).tolist(), "direction_sd": sd.tolist(), "direction_t": t.tolist()}
+
+
+def round_lines(rounds: list[dict]) -> list[str]:
+    """One line per round: step, p before the step, row weights, centred direction, p after."""
+    lines = []
+    for r in rounds:
+        w, d = direction(r)
+        fmt = lambda xs: " ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+        lines.append(f"  round {r['round']:>2} step {r['step']:>5}  p {fmt(r['weights_before'])}  w {fmt(w)}  "
+                     f"g-mean {' '.join(f'{x:+.4f}' for x in d)}  -> {fmt(r['weights'])}")
+    return lines
+
+
+def report(path: str, summary: dict) -> str:
+    """The summary of one run as text, one line per domain."""
+    out = [f"{path}: {summary['rounds']} rounds (direction over {summary['direction_rounds']})"]
+    for i, name in enumerate(summary["domains"]):
+        out.append(f"  {name:<16} p first-10 mean {summary['p_first10_mean'][i]:.3f}  last {summary['p_last'][i]:.3f}"
+                   f"  range {summary['p_min'][i]:.3f}-{summary['p_max'][i]:.3f}  direction "
+                   f"{summary['direction_mean'][i]:+.4f} +- {summary['direction_sd'][i]:.4f}"
+                   f"  t {summary['direction_t'][i]:+.2f}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print each run's rounds (with --rounds) and summary."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="run directories or metrics.jsonl files")
+    ap.add_argument("--rounds", action="store_true", help="also print every round")
+    ap.add_argument("--all-rounds", action="store_true", help="keep the last round in the direction statistics")
+    args = ap.parse_args(argv)
+    for path in args.runs:
+        rounds = read_rounds(path)
+        if args.rounds:
+            print("\n".join(round_lines(rounds)))
+        print(report(path, summarize(rounds, args.all_rounds)))
+
+
+if __name__ == "__main__":
+    main()
