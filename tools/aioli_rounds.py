@@ -18,7 +18,6 @@ the direction statistics, since its step moves no training step (``--all-rounds`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megamix.fileio import read_jsonl  # noqa: E402
 from megamix.mixing.law import perplexity_weights  # noqa: E402
 
 
@@ -33,19 +33,11 @@ def read_rounds(path: str) -> list[dict]:
     """The completed (not skipped) ``aioli_round`` records of a run directory or a metrics.jsonl."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise SystemExit(f"{path}: not found")
-    rounds = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if '"aioli_round"' not in line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if event.get("event") == "aioli_round" and "skipped" not in event:
-                rounds.append(event)
+    try:
+        events = read_jsonl(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(str(err)) from None
+    rounds = [e for e in events if e.get("event") == "aioli_round" and "skipped" not in e]
     if not rounds:
         raise SystemExit(f"{path}: no completed aioli_round record (not an Aioli run, or no round finished)")
     return rounds

@@ -9,7 +9,6 @@ weights over [step, step + steps)); right, each domain's validation loss from th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -19,24 +18,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from megamix.fileio import atomic_open  # noqa: E402
+from megamix.fileio import atomic_open, read_jsonl  # noqa: E402
 
 
 def read_metrics(path: str) -> list[dict]:
     """All events of a metrics.jsonl (a run directory means its metrics.jsonl)."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: not found")
-    events = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-    return events
+    return read_jsonl(path)
 
 
 def proportions(events: list[dict]) -> tuple[list[str], list[float], list[list[float]]]:
