@@ -178,25 +178,32 @@ def _round(r, p, e, after, **extra):
 
 
 def test_aioli_rounds_direction_and_summary(tmp_path, capsys):
-    """The centred EG direction is w @ E minus its mean; skipped rounds and the last round stay out of the t."""
+    """The centred EG direction is w @ E minus its mean; skipped rounds and the last round stay out of the t;
+    the mixture figures are the training phases' (probes and a step after the last phase do not count)."""
     e1, e2, e3 = [[0.4, 0.1], [0.2, 0.3]], [[0.5, 0.1], [0.1, 0.3]], [[0.1, 0.1], [0.1, 0.7]]
-    events = [_round(0, [0.5, 0.5], e1, [0.55, 0.45], objective="loss"),
-              {"event": "aioli_round", "round": 1, "skipped": "no estimate"},
-              _round(2, [0.55, 0.45], e2, [0.6, 0.4], objective="loss"),
-              _round(3, [0.6, 0.4], e3, [0.3, 0.7], objective="loss"), {"event": "train", "step": 200}]
+    phase = lambda step, steps, kind, lit: {"event": "phase", "step": step, "steps": steps, "kind": kind,  # noqa: E731
+                                            "weights": {"lit": lit, "math": 1.0 - lit}}
+    events = [phase(0, 10, "prior", 0.5), phase(10, 2, "probe", 0.9), phase(12, 30, "train", 0.5),
+              _round(0, [0.5, 0.5], e1, [0.55, 0.45], objective="loss"),
+              {"event": "aioli_round", "round": 1, "skipped": "no estimate"}, phase(42, 30, "train", 0.55),
+              _round(2, [0.55, 0.45], e2, [0.6, 0.4], objective="loss"), phase(72, 30, "train", 0.6),
+              _round(3, [0.6, 0.4], e3, [0.3, 0.7], objective="loss"), {"event": "train", "step": 102}]
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
-    rounds = rounds_tool.read_rounds(str(run))
+    rounds, phases = rounds_tool.read_run(str(run))
     assert [r["round"] for r in rounds] == [0, 2, 3]
+    assert [ph["kind"] for ph in phases] == ["prior", "train", "train", "train"]
     np.testing.assert_allclose(rounds_tool.direction(rounds[0])[1], [0.1, -0.1])  # column sums 0.6, 0.4
-    s = rounds_tool.summarize(rounds)
+    s = rounds_tool.summarize(rounds, phases)
     assert s["direction_rounds"] == 2  # rounds 0 and 2 (both +0.1 for lit); round 3, the last, left out
     np.testing.assert_allclose(s["direction_mean"], [0.1, -0.1])
     np.testing.assert_allclose(s["direction_sd"], [0.0, 0.0], atol=1e-12)
-    np.testing.assert_allclose(s["p_first10_mean"], [0.4875, 0.5125])  # 0.5, 0.55, 0.6 and the last 0.3
-    assert s["p_last"] == [0.3, 0.7] and s["p_min"] == [0.3, 0.4] and s["p_max"] == [0.6, 0.7]
-    every = rounds_tool.summarize(rounds, all_rounds=True)  # lit: +0.1, +0.1, -0.3
+    lit = (10 * 0.5 + 30 * 0.5 + 30 * 0.55 + 30 * 0.6) / 100  # step-weighted over prior and train phases
+    np.testing.assert_allclose(s["p_mean"], [lit, 1.0 - lit])
+    np.testing.assert_allclose(s["p_last"], [0.6, 0.4])  # the last round's 0.3 never trained; the probe's 0.9 is out
+    np.testing.assert_allclose([s["p_min"][0], s["p_max"][0]], [0.5, 0.6])
+    every = rounds_tool.summarize(rounds, phases, all_rounds=True)  # lit: +0.1, +0.1, -0.3
     assert every["direction_rounds"] == 3
     np.testing.assert_allclose(every["direction_t"][0], (-0.1 / 3) / (np.std([0.1, 0.1, -0.3], ddof=1) / np.sqrt(3)))
     ppl = _round(0, [0.5, 0.5], e1, [0.5, 0.5], objective="perplexity", objective_losses=[np.log(3.0), 0.0])
@@ -207,6 +214,6 @@ def test_aioli_rounds_direction_and_summary(tmp_path, capsys):
     assert "lit" in capsys.readouterr().out
     (tmp_path / "plain.jsonl").write_text(json.dumps({"event": "train", "step": 1}) + "\n")
     with pytest.raises(SystemExit, match="plain.jsonl: no completed aioli_round"):
-        rounds_tool.read_rounds(str(tmp_path / "plain.jsonl"))
+        rounds_tool.read_run(str(tmp_path / "plain.jsonl"))
     with pytest.raises(SystemExit, match="none.*not found"):
-        rounds_tool.read_rounds(str(tmp_path / "none"))
+        rounds_tool.read_run(str(tmp_path / "none"))
