@@ -166,6 +166,7 @@ def _write(out: str, spec: QualitySpec, ks: list[int], records: list[dict], sett
     mixes = "\n\n".join(f"{name}:\n\n{mixture_table(records, name, d, methods)}" for name, d in settings.items())
     done = sum(1 for r in records if r.get("wall_s") is not None)
     train_s = sum(r["wall_s"] for r in records if r.get("wall_s") is not None)
+    hosts = sorted({r["host"] for r in records if r.get("host")})
     text = (f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`\n\n{spec.describe(ks)}\n\n"
             "Settings: " + "; ".join(f"{n} = {', '.join(d)}" for n, d in settings.items()) + "\n\n"
             f"Average test perplexity (the paper's metric):\n\n{table}\n"
@@ -174,7 +175,8 @@ def _write(out: str, spec: QualitySpec, ks: list[int], records: list[dict], sett
             + f"\nPer seed (average test perplexity; stratified's, every other row's paired difference):\n\n{seeds}\n"
             + f"\nData seen (step-weighted mean proportion per run, probes included; mean over seeds):\n\n{mixes}\n"
             + f"\nFinal runs: {len(records)} ({done} timed, {train_s:.0f} s of their training); "
-              f"this invocation {wall:.0f} s.\n")
+              f"this invocation {wall:.0f} s.\n"
+            + (f"Hosts (recorded since this field was added): {'; '.join(hosts)}.\n" if hosts else ""))
     os.makedirs(out, exist_ok=True)
     atomic_write_text(os.path.join(out, "results.md"), text)
     atomic_write_json(os.path.join(out, "results.json"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -204,16 +205,34 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
             proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             raise RuntimeError(f"run failed (rc {proc.returncode}); see {run_dir}/train.log")
-        atomic_write_json(os.path.join(run_dir, "wall.json"), {"wall_s": time.time() - t0})
+        atomic_write_json(os.path.join(run_dir, "wall.json"), {"wall_s": time.time() - t0, "host": host()})
     with open(os.path.join(run_dir, "test_results.json")) as f:
         res = json.load(f)
     wall_file = os.path.join(run_dir, "wall.json")
-    wall = read_json(wall_file, wall_file)["wall_s"] if os.path.isfile(wall_file) else None
+    timing = read_json(wall_file, wall_file) if os.path.isfile(wall_file) else {}
     print(f"  {label or run_dir}: avg test ppl {res['avg_test_ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return {"run_dir": run_dir, "steps": iters, "test_ppl": res["test_ppl"], "avg_test_ppl": res["avg_test_ppl"],
             "avg_test_loss": res["avg_test_loss"],
-            "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"], "wall_s": wall,
+            "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"], "wall_s": timing.get("wall_s"),
+            "host": timing.get("host"),
             "mean_weights": mean_mixture(run_dir)}
+
+
+def host() -> str:
+    """The CPU model and torch version a run trained on (recorded beside its wall time).
+
+    Runs are bit-reproducible on one machine; on another CPU a last-bit difference in a
+    floating-point kernel can send a run whose mixture moves freely down another path.
+    """
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def mean_mixture(run_dir: str) -> dict[str, float] | None:

@@ -287,6 +287,23 @@ def test_report_only_trains_nothing_and_skips_unfinished_runs(tmp_path, capsys):
     assert written == ["s/stratified/seed1/final/test_results.json"]  # no run directory, no weights file
 
 
+def test_a_runs_record_carries_the_host_it_trained_on(tmp_path):
+    """wall.json names the CPU and torch a run trained on (runs whose mixture moves freely can differ
+    across CPUs); the record reads it, and a run from before the field reads as None."""
+    import torch
+
+    from benchmarks import quality_runs as qr
+
+    assert f"torch {torch.__version__}" in qr.host() and f"{os.cpu_count()} CPUs" in qr.host()
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    spec.report_only = True
+    _finished_run(tmp_path, "s/stratified/seed1", 3.0)
+    (tmp_path / "s/stratified/seed1/final/wall.json").write_text(json.dumps({"wall_s": 12.0, "host": "cpu X"}))
+    _finished_run(tmp_path, "s/stratified/seed2", 3.5)
+    recs = qr.run_setting(spec, "s", ["a", "b"], [("stratified", 2)])
+    assert [(r["wall_s"], r["host"]) for r in recs] == [(12.0, "cpu X"), (None, None)]
+
+
 def test_config_differences_skip_where_a_run_lies_and_name_each_changed_leaf():
     from benchmarks.quality_runs import config_differences
 
