@@ -212,9 +212,8 @@ def train(spec: QualitySpec, run_dir: str, domains: list[str], seed: int, flags:
     timing = read_json(wall_file, wall_file) if os.path.isfile(wall_file) else {}
     print(f"  {label or run_dir}: avg test ppl {res['avg_test_ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
     return {"run_dir": run_dir, "steps": iters, "test_ppl": res["test_ppl"], "avg_test_ppl": res["avg_test_ppl"],
-            "avg_test_loss": res["avg_test_loss"],
-            "worst_domain": res["worst_domain"], "worst_test_ppl": res["worst_test_ppl"], "wall_s": timing.get("wall_s"),
-            "host": timing.get("host"),
+            "avg_test_loss": res["avg_test_loss"], "worst_domain": res["worst_domain"],
+            "worst_test_ppl": res["worst_test_ppl"], "wall_s": timing.get("wall_s"), "host": timing.get("host"),
             "mean_weights": mean_mixture(run_dir)}
 
 
