@@ -22,6 +22,11 @@ Profiles:
           learned on half-length runs used static; grid+aioli: the same as Aioli's prior;
           2- and 3-domain settings)
 
+A rule row (any profile, on --aux-seeds in the paper profile): ppl-rule trains a static mixture
+proportional to the same seed's stratified run's per-domain validation perplexity at its last
+evaluation (the stratified run is trained first if needed; its N steps count as extra): what "train
+more on the domain with the higher perplexity" gets without any estimate.
+
 Control rows (any profile): replay:ROW trains ROW's recorded schedule.json (same seed) again with
 --mixing-method replay; mirror:ROW does so with every tilt reversed through uniform
 (--replay-mirror). Against ROW they tell the direction of its tilts from the effect of changing p.

@@ -421,6 +421,31 @@ def _replay(spec: QualitySpec, method: str, root: str, domains: list[str], seed:
     return train(spec, os.path.join(root, "final"), domains, seed, flags, label=f"{method} seed {seed}")
 
 
+PPL_RULE = "ppl-rule"
+"""A static row: p proportional to the same seed's stratified run's per-domain validation perplexity at its
+last evaluation (that run's N steps count as extra), the one-line rule behind the perplexity objective."""
+
+
+def perplexity_rule(run_dir: str, domains: list[str]) -> list[float]:
+    """p ∝ the run's per-domain validation perplexity at its last evaluation (metrics.jsonl)."""
+    from megamix.fileio import read_jsonl
+
+    evals = [e for e in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if e.get("event") == "eval"]
+    if not evals:
+        raise ValueError(f"{run_dir}/metrics.jsonl: no 'eval' event, so no perplexity for the {PPL_RULE} row")
+    ppl = [float(evals[-1]["val_ppl"][d]) for d in domains]
+    return [x / sum(ppl) for x in ppl]
+
+
+def _ppl_rule(spec: QualitySpec, root: str, domains: list[str], seed: int) -> dict:
+    """The perplexity rule's static run, after the same seed's stratified run (trained first if needed)."""
+    ref = run_method(spec, "stratified", os.path.join(os.path.dirname(os.path.dirname(root)), "stratified",
+                                                      f"seed{seed}"), domains, seed)
+    wf = _weights_file(spec, os.path.join(root, "rule.weights.json"), domains,
+                       perplexity_rule(ref["run_dir"], domains))
+    return _static(spec, os.path.join(root, "final"), domains, seed, wf, f"{PPL_RULE} seed {seed}")
+
+
 def _aioli_row_flags(spec: QualitySpec, method: str, k: int) -> list[str]:
     """The flags of an Aioli row: the profile's recipe, its estimator, its objective."""
     base, ppl, own = aioli_row(method)
@@ -437,8 +462,8 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
 
     Methods: stratified, aioli, aioli-grad / aioli-look (Aioli's probe-free estimators), each Aioli row
     with ``-ppl`` (--aioli-objective perplexity) and/or ``-own`` (megamix's K >= 4 recipe), skillit,
-    p<x> (static tilt), X (a baseline's mixture learned at N), X-half (learned on half-length runs, used
-    static), X+aioli (the same, as Aioli's prior),
+    p<x> (static tilt), ppl-rule (p ∝ stratified's validation perplexity, static), X (a baseline's mixture
+    learned at N), X-half (learned on half-length runs, used static), X+aioli (the same, as Aioli's prior),
     replay:ROW / mirror:ROW (ROW's recorded schedule trained again, as is / with its tilts reversed).
     Learned mixtures live under <setting>/_learn/seed<s>/{full,half} so that methods share them.
     """
@@ -455,6 +480,8 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
         wf = _weights_file(spec, os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
         rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0
+    elif method == PPL_RULE:
+        rec, extra = _ppl_rule(spec, root, domains, seed), n
     elif method == "skillit":
         graph, extra = skill_graph(spec, root, domains, seed, n)
         rec = train(spec, final, domains, seed, ["--mixing-method", "skillit", "--skillit-graph", graph],

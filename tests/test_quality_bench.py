@@ -304,6 +304,26 @@ def test_a_runs_record_carries_the_host_it_trained_on(tmp_path):
     assert [(r["wall_s"], r["host"]) for r in recs] == [(12.0, "cpu X"), (None, None)]
 
 
+def test_perplexity_rule_weighs_domains_by_stratifieds_last_validation_perplexity(tmp_path):
+    from benchmarks import quality_runs as qr
+
+    spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
+    spec.report_only = True
+    _finished_run(tmp_path, "s/stratified/seed1", 3.0)
+    strat = tmp_path / "s/stratified/seed1/final"
+    evals = [{"event": "eval", "step": 500, "val_ppl": {"a": 10.0, "b": 10.0}},
+             {"event": "eval", "step": 1000, "val_ppl": {"a": 30.0, "b": 10.0}}, {"event": "test", "step": 1000}]
+    (strat / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    assert qr.perplexity_rule(str(strat), ["a", "b"]) == [0.75, 0.25]
+    assert qr.perplexity_rule(str(strat), ["b", "a"]) == [0.25, 0.75]
+    with pytest.raises(qr.NotRun):  # --report-only: the rule's own run is not there, and nothing is written
+        qr.run_method(spec, "ppl-rule", str(tmp_path / "s/ppl-rule/seed1"), ["a", "b"], 1)
+    assert not (tmp_path / "s/ppl-rule").exists()
+    (strat / "metrics.jsonl").write_text(json.dumps({"event": "train", "step": 1}) + "\n")
+    with pytest.raises(ValueError, match="final/metrics.jsonl: no 'eval' event"):
+        qr.perplexity_rule(str(strat), ["a", "b"])
+
+
 def test_config_differences_skip_where_a_run_lies_and_name_each_changed_leaf():
     from benchmarks.quality_runs import config_differences
 
