@@ -260,13 +260,14 @@ def _fit(kind: str, runs: list[str], out: str) -> str:
     return out
 
 
-def _weights_file(spec: QualitySpec, path: str, domains: list[str], weights: list[float]) -> str:
+def _weights_file(spec: QualitySpec, path: str, domains: list[str], weights: list[float],
+                  source: str = "mixing_quality sweep") -> str:
     """The path of a static mixture's weights file, written there unless it exists or the benchmark
     only reports (--report-only tabulates finished runs and leaves the run directories as they are)."""
     from megamix.mixing.weights_file import write_weights_file
 
     if not spec.report_only and not os.path.isfile(path):
-        write_weights_file(path, domains, weights, {"source": "mixing_quality sweep"})
+        write_weights_file(path, domains, weights, {"source": source})
     return path
 
 
@@ -297,7 +298,8 @@ def single_domain_runs(spec: QualitySpec, root: str, domains: list[str], seed: i
     dirs = []
     for i, d in enumerate(domains):
         onehot = [1.0 if j == i else 0.0 for j in range(len(domains))]
-        wf = _weights_file(spec, os.path.join(root, f"only_{d}.weights.json"), domains, onehot)
+        wf = _weights_file(spec, os.path.join(root, f"only_{d}.weights.json"), domains, onehot,
+                           f"mixing_quality single-domain run of {d}")
         run_dir = os.path.join(root, f"only_{d}")
         train(spec, run_dir, domains, seed, ["--mixing-method", "static", "--mixture-weights", wf], iters,
               label=f"single-domain {d}")
@@ -442,7 +444,7 @@ def _ppl_rule(spec: QualitySpec, root: str, domains: list[str], seed: int) -> di
     ref = run_method(spec, "stratified", os.path.join(os.path.dirname(os.path.dirname(root)), "stratified",
                                                       f"seed{seed}"), domains, seed)
     wf = _weights_file(spec, os.path.join(root, "rule.weights.json"), domains,
-                       perplexity_rule(ref["run_dir"], domains))
+                       perplexity_rule(ref["run_dir"], domains), f"mixing_quality {PPL_RULE} of {ref['run_dir']}")
     return _static(spec, os.path.join(root, "final"), domains, seed, wf, f"{PPL_RULE} seed {seed}")
 
 
@@ -478,7 +480,8 @@ def run_method(spec: QualitySpec, method: str, root: str, domains: list[str], se
         rec, extra = train(spec, final, domains, seed, _aioli_row_flags(spec, method, k),
                            label=f"{method} seed {seed}"), 0
     elif method.startswith("p") and method[1:].replace(".", "", 1).isdigit():
-        wf = _weights_file(spec, os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k))
+        wf = _weights_file(spec, os.path.join(root, "tilt.weights.json"), domains, _tilt(method, k),
+                           f"mixing_quality tilt {method}")
         rec, extra = _static(spec, final, domains, seed, wf, f"{method} seed {seed}"), 0
     elif method == PPL_RULE:
         rec, extra = _ppl_rule(spec, root, domains, seed), n
