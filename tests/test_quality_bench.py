@@ -13,6 +13,7 @@ sys.path.insert(0, REPO)
 
 from benchmarks import mixing_quality as mq  # noqa: E402
 from benchmarks.paper_profile import aioli_recipe, choose_probes, parse_setting, parse_settings  # noqa: E402
+from benchmarks.quality_records import host, run_config  # noqa: E402
 from benchmarks.quality_runs import _sweep_mixtures, paper_spec  # noqa: E402
 from benchmarks.quality_table import (  # noqa: E402
     headroom_notes, markdown_table, mixture_table, paired_stats, per_seed_table, summarize)
@@ -177,7 +178,7 @@ def test_per_seed_table_pairs_each_seed_and_marks_missing_runs():
 
 
 def test_mean_mixture_weights_phases_by_their_steps_and_the_table_averages_seeds(tmp_path):
-    from benchmarks.quality_runs import mean_mixture
+    from benchmarks.quality_records import mean_mixture
 
     events = [{"event": "phase", "step": 0, "steps": 0, "weights": {"a": 0.5, "b": 0.5}},  # an evaluation
               {"event": "phase", "step": 0, "steps": 30, "weights": {"a": 0.625, "b": 0.375}},  # a probe
@@ -294,7 +295,7 @@ def test_a_runs_record_carries_the_host_it_trained_on(tmp_path):
 
     from benchmarks import quality_runs as qr
 
-    assert f"torch {torch.__version__}" in qr.host() and f"{os.cpu_count()} CPUs" in qr.host()
+    assert f"torch {torch.__version__}" in host() and f"{os.cpu_count()} CPUs" in host()
     spec = paper_spec(str(tmp_path / "corpus"), str(tmp_path), 1000)
     spec.report_only = True
     _finished_run(tmp_path, "s/stratified/seed1", 3.0)
@@ -325,7 +326,7 @@ def test_perplexity_rule_weighs_domains_by_stratifieds_last_validation_perplexit
 
 
 def test_config_differences_skip_where_a_run_lies_and_name_each_changed_leaf():
-    from benchmarks.quality_runs import config_differences
+    from benchmarks.quality_records import config_differences
 
     had = {"training": {"save": "a", "seed": 1}, "logging": {"log_interval": 10}, "mixing": {"options": {"x": 1}}}
     want = {"training": {"save": "b", "seed": 1}, "logging": {"log_interval": 1}, "mixing": {"options": {"x": 2}},
@@ -353,7 +354,7 @@ def test_a_run_started_with_other_flags_is_refused_not_reused(tmp_path):
     cmd = [*spec.base_flags(["a", "b"], 1, 1000), *flags(25), "--save", run_dir, "--load", run_dir]
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(qr._run_config(cmd, ["a", "b"]), f)
+        json.dump(run_config(cmd, ["a", "b"]), f)
     with pytest.raises(qr.NotRun):  # same configuration: resumable (here: not trained, --report-only)
         qr.train(spec, run_dir, ["a", "b"], 1, flags(25))
     with pytest.raises(SystemExit, match=r"another configuration \(mixing.options.grad_interval: 25 -> 50\)"):

@@ -83,14 +83,17 @@ def summarize(rounds: list[dict], phases: list[dict], all_rounds: bool = False) 
             "direction_mean": d.mean(axis=0).tolist(), "direction_sd": sd.tolist(), "direction_t": t.tolist()}
 
 
+def _fmt(xs, spec: str = ".3f") -> str:
+    return " ".join(format(x, spec) for x in xs)
+
+
 def round_lines(rounds: list[dict]) -> list[str]:
     """One line per round: step, p before the step, row weights, centred direction, p after."""
     lines = []
     for r in rounds:
         w, d = direction(r)
-        fmt = lambda xs: " ".join(f"{x:.3f}" for x in xs)  # noqa: E731
-        lines.append(f"  round {r['round']:>2} step {r['step']:>5}  p {fmt(r['weights_before'])}  w {fmt(w)}  "
-                     f"g-mean {' '.join(f'{x:+.4f}' for x in d)}  -> {fmt(r['weights'])}")
+        lines.append(f"  round {r['round']:>2} step {r['step']:>5}  p {_fmt(r['weights_before'])}  w {_fmt(w)}  "
+                     f"g-mean {_fmt(d, '+.4f')}  -> {_fmt(r['weights'])}")
     return lines
 
 
