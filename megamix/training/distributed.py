@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -152,10 +153,33 @@ def shutdown_distributed(wait: bool = True) -> None:
     once and the other ranks fail fast instead of hanging.
     """
     if dist.is_available() and dist.is_initialized():
+        gloo = dist.get_backend() == "gloo"
         if wait:
+            if gloo:
+                _let_gloo_threads_finish()
             dist.barrier()
         dist.destroy_process_group()
+        if gloo:
+            _let_gloo_threads_finish()
     set_group_device(None)
+
+
+_GLOO_DRAIN_S = 0.1
+
+
+def _let_gloo_threads_finish() -> None:
+    """Release the GIL for a moment so gloo's worker threads can drop the collectives they finished.
+
+    A gloo worker thread destroys each finished collective itself, and with it the last C++
+    references to the collective's tensors, which needs the GIL. If the interpreter is already
+    finalising by then, the thread is killed inside that destructor and the process aborts
+    ("terminate called without an active exception", seen at ZeRO-3, whose parameters keep
+    the group alive until exit). A barrier that starts while a thread still holds the previous
+    collective keeps it alive until the barrier's own destruction, right at exit; so the
+    threads get a moment before the barrier (nothing is left for it to hold) and after the
+    teardown (the barrier itself is dropped while Python still runs).
+    """
+    time.sleep(_GLOO_DRAIN_S)
 
 
 @contextlib.contextmanager
