@@ -119,6 +119,8 @@ def bench(args: argparse.Namespace, work: str) -> dict:
                 over.update(paper_flags(flags, args.train_iters))
             if name in ("aioli-grad", "aioli-look"):
                 over["--aioli-grad-interval"] = args.grad_interval
+                if args.grad_val_batch is not None:
+                    over["--aioli-grad-val-batch"] = args.grad_val_batch
             run_args = tiny_args(prefixes, run, cache, iters=args.train_iters, **over)
             result = analyse(run, timed_launch(run_args, args.nproc))
             print(f"  {name:<12} loop {result['loop_s']:7.2f}s  steps {result['step_s']:7.2f}s  "
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=64, help="--eval-samples-per-domain (the flag's default)")
     ap.add_argument("--num-docs", type=int, default=400, help="fixture documents per domain")
     ap.add_argument("--grad-interval", type=int, default=10, help="--aioli-grad-interval of the aioli-grad and aioli-look runs")
+    ap.add_argument("--grad-val-batch", type=int, default=None,
+                    help="--aioli-grad-val-batch of the aioli-grad and aioli-look runs (default: the micro-batch size)")
     ap.add_argument("--methods", default=",".join(AIOLI),
                     help=f"comma list of the runs besides stratified (default all: {','.join(AIOLI)})")
     ap.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")

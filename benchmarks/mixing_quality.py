@@ -99,6 +99,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--grad-interval", type=int, default=10,
                    help="--aioli-grad-interval of the aioli-grad and aioli-look rows (Aioli's probe-free estimators)")
+    p.add_argument("--grad-val-batch", type=int, default=None,
+                   help="--aioli-grad-val-batch of the aioli-grad and aioli-look rows (default: the micro-batch size)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the table of the runs finished so far (cells say what is missing)")
     return p.parse_args(argv)
@@ -140,6 +142,7 @@ def build_spec(args: argparse.Namespace, corpus: str) -> QualitySpec:
         spec = QualitySpec(corpus=corpus, out=args.out, train_iters=args.train_iters or QualitySpec.train_iters,
                            nproc=args.nproc, split_seed=args.split_seed)
     spec.grad_interval = args.grad_interval
+    spec.grad_val_batch = args.grad_val_batch
     return spec
 
 

@@ -45,6 +45,11 @@ class QualitySpec:
     warmup_fraction: float | None = None
     report_only: bool = False  # tabulate finished runs; train nothing (--report-only)
     grad_interval: int = 10  # --aioli-grad-interval of the aioli-grad rows
+    grad_val_batch: int | None = None  # --aioli-grad-val-batch of the aioli-grad rows (None: the micro-batch)
+
+    def _val_batch_note(self) -> str:
+        """', B validation samples a domain per estimate' when --grad-val-batch set it, else ''."""
+        return "" if self.grad_val_batch is None else f", {self.grad_val_batch} validation samples a domain per estimate"
 
     def warmup_iters(self, iters: int) -> int:
         """LR warm-up steps of a run of ``iters`` steps (a fraction of it in the paper profile)."""
@@ -70,7 +75,8 @@ class QualitySpec:
         recipes = [aioli_recipe(k, self.round_length).describe() for k in sorted(set(ks or [2, 3]))]
         return (text + " Aioli (paper profile):\n" + "\n".join(f"- {r}" for r in recipes)
                 + f"\n- aioli-grad: the same recipe per K with --aioli-estimator gradient (no probe steps; A from "
-                f"per-domain gradients preconditioned by Adam's state, an estimate every {self.grad_interval} steps)"
+                f"per-domain gradients preconditioned by Adam's state, an estimate every {self.grad_interval} steps"
+                f"{self._val_batch_note()})"
                 + f"\n- aioli-look: the same with --aioli-estimator lookahead (A from the validation loss change of a "
                 f"virtual Adam step on each domain's gradient, every {self.grad_interval} steps)"
                 + "\n- a row ending in -ppl: that Aioli with --aioli-objective perplexity (the EG step lowers the "
@@ -362,6 +368,8 @@ def _aioli_row_flags(spec: QualitySpec, method: str, k: int) -> list[str]:
     flags = [*spec.aioli_flags(k, own)]
     if base in PROBE_FREE:
         flags += ["--aioli-estimator", PROBE_FREE[base], "--aioli-grad-interval", str(spec.grad_interval)]
+        if spec.grad_val_batch is not None:
+            flags += ["--aioli-grad-val-batch", str(spec.grad_val_batch)]
     if ppl:
         flags += ["--aioli-objective", "perplexity"]
     return flags

@@ -273,6 +273,8 @@ def test_gradient_estimator_flags():
         AioliConfig(estimator="hessian")
     with pytest.raises(ValueError, match="--aioli-grad-interval must be >= 1"):
         AioliConfig(estimator="gradient", grad_interval=0)
+    with pytest.raises(ValueError, match="--aioli-grad-val-batch must be >= 1"):
+        AioliConfig(estimator="gradient", grad_val_batch=0)
     AioliMixer(ctx(), AioliConfig(estimator="gradient"), 10)  # no probe steps to fit in a round
 
 

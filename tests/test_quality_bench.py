@@ -107,6 +107,11 @@ def test_aioli_rows_name_their_estimator_and_objective():
         assert flags[:len(spec.aioli_flags(2))] == spec.aioli_flags(2)
         assert value(flags, "--aioli-estimator") == estimator and value(flags, "--aioli-objective") == objective
         assert value(flags, "--aioli-grad-interval") == (None if estimator is None else "25")
+        assert value(flags, "--aioli-grad-val-batch") is None  # not set: the run's micro-batch
+    spec.grad_val_batch = 3
+    assert value(_aioli_row_flags(spec, "aioli-grad-ppl-own", 2), "--aioli-grad-val-batch") == "3"
+    assert value(_aioli_row_flags(spec, "aioli", 2), "--aioli-grad-val-batch") is None
+    assert "3 validation samples a domain per estimate" in spec.describe([2])
 
 
 def test_own_recipe_rows_run_megamix_k7_recipe_at_any_k():

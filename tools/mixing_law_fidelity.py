@@ -180,7 +180,8 @@ class ProbeTrainer:
         (--fresh-optimizer: no preconditioner)."""
         model, optim = self.model_and_optimizer()
         k, mbs = len(self.train_sets), self.run.training["micro_batch_size"]
-        draws = ValidationDraws(self.valid, self.run.data_cfg.eval_samples_per_domain, mbs, 0, 1)
+        val_batch = getattr(self.run.options(), "grad_val_batch", None) or mbs  # the run's --aioli-grad-val-batch
+        draws = ValidationDraws(self.valid, self.run.data_cfg.eval_samples_per_domain, val_batch, 0, 1)
         est = AioliGradientEstimator(model, optim, k, self.device, draws, mbs, 1, 0, mode)
         values = [est.before_step(n + 1, batch, self.lr)
                   for n, batch in enumerate(self.step_batches(np.full(k, 1.0 / k), steps))]

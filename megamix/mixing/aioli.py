@@ -68,6 +68,9 @@ class AioliConfig:
                             "change of a virtual Adam step on each domain's gradient)",
                             choices=ESTIMATORS)
     grad_interval: int = option(1, "--aioli-grad-interval", "steps between gradient estimates of A (default 1)")
+    grad_val_batch: int | None = option(None, "--aioli-grad-val-batch",
+                                        "validation samples of each domain per gradient estimate, on each rank "
+                                        "(default: --micro-batch-size)", type=int)
     objective: str = option("loss", "--aioli-objective",
                             "what the EG step lowers: the average validation loss (the paper's) or the average "
                             "perplexity (row i of E weighted by exp(L_i) / mean exp(L), from the round's validation "
@@ -93,6 +96,8 @@ class AioliConfig:
             raise ValueError(f"--aioli-estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.grad_interval < 1:
             raise ValueError(f"--aioli-grad-interval must be >= 1, got {self.grad_interval}")
+        if self.grad_val_batch is not None and self.grad_val_batch < 1:
+            raise ValueError(f"--aioli-grad-val-batch must be >= 1, got {self.grad_val_batch}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--aioli-objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "perplexity" and self.estimator == "probes" and self.loss_source == "train":
@@ -301,7 +306,8 @@ class AioliMixer(Mixer):
                "a domain had no training samples in any estimated step of this round") + "; weights kept"
         record = self._finish_round(obs.step, est.a, {
             "estimated_steps": est.steps, "column_steps": est.column_steps.tolist(),
-            "grad_interval": self.cfg.grad_interval, "val_loss_batches": _lst(est.val_loss)}, why,
+            "grad_interval": self.cfg.grad_interval, "grad_val_batch": self.cfg.grad_val_batch,
+            "val_loss_batches": _lst(est.val_loss)}, why,
             est.val_loss if self.cur["val_loss_before"] is None else _arr(self.cur["val_loss_before"]))
         self.stage = "start"
         return record
