@@ -18,7 +18,10 @@ sum of ``step_time_s`` is the time spent in optimizer steps):
 
 The rest of a run's extra non-step time over stratified is phase overhead (schedule
 segments, blend rebuilds, mixer, broadcasts); the probe-free estimators' cost is inside
-the step time.
+the step time. For them the table also gives a within-run ratio: the time of the
+estimated steps over the run's median step, summed, and the loop time over the same loop
+without it. Unlike the ratio to stratified it does not move when the machine's speed
+drifts between the two runs (seen here: a 5 % slower median step in one of them).
 
   python benchmarks/bench_mixing.py [--train-iters 400] [--repeats 1] [--out FILE]
   python benchmarks/bench_mixing.py --profile paper --train-iters 1000   # the paper profile's settings
@@ -38,6 +41,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, REPO)
 from launch import make_data, tiny_args, torchrun_cmd  # noqa: E402
+
+from megamix.fileio import read_jsonl  # noqa: E402
 
 from benchmarks.paper_profile import aioli_recipe  # noqa: E402
 from benchmarks.quality_runs import paper_spec  # noqa: E402
@@ -70,12 +75,13 @@ def timed_launch(args: list[str], nproc: int) -> float:
     return end - first
 
 
-def analyse(run_dir: str, loop_s: float) -> dict:
-    """Step time, evaluation count, phase count and non-step time of one run."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        evs = [json.loads(line) for line in f]
+def analyse(run_dir: str, loop_s: float, estimate_interval: int | None = None) -> dict:
+    """Step time, evaluation count, phase count and non-step time of one run; with ``estimate_interval``
+    (a probe-free Aioli run) also the time its estimates added to their steps (see :func:`estimate_time`)."""
+    evs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     steps = [e for e in evs if e["event"] == "train"]
     step_s = sum(e["step_time_s"] for e in steps)
+    median_s = sorted(e["step_time_s"] for e in steps)[len(steps) // 2]
     kinds = {}
     for e in evs:
         if e["event"] == "phase":
@@ -83,8 +89,18 @@ def analyse(run_dir: str, loop_s: float) -> dict:
     evals = [e for e in evs if e["event"] == "eval"]
     return {"loop_s": loop_s, "step_s": step_s, "non_step_s": loop_s - step_s, "steps": len(steps),
             "evals": len(evals), "eval_s": sum(e["eval_s"] for e in evals),
-            "phases": sum(kinds.values()), "phase_kinds": kinds,
-            "median_step_ms": 1e3 * sorted(e["step_time_s"] for e in steps)[len(steps) // 2]}
+            "phases": sum(kinds.values()), "phase_kinds": kinds, "median_step_ms": 1e3 * median_s,
+            **({} if estimate_interval is None else estimate_time(steps, estimate_interval, median_s, loop_s))}
+
+
+def estimate_time(steps: list[dict], interval: int, median_s: float, loop_s: float) -> dict:
+    """The probe-free estimators' cost measured inside one run, immune to drifts in machine speed
+    between runs: each estimated step's time over the run's median step (0-based step s is
+    estimated when s % interval == 0 and s > 0; its 'train' event has step s + 1), summed, and
+    the run's loop time over the same loop without that time."""
+    est = [e["step_time_s"] - median_s for e in steps if e["step"] > 1 and (e["step"] - 1) % interval == 0]
+    extra = sum(est)
+    return {"estimates": len(est), "estimate_s": extra, "self_ratio": loop_s / (loop_s - extra)}
 
 
 def paper_flags(method_flags: dict, iters: int) -> dict:
@@ -122,7 +138,8 @@ def bench(args: argparse.Namespace, work: str) -> dict:
                 if args.grad_val_batch is not None:
                     over["--aioli-grad-val-batch"] = args.grad_val_batch
             run_args = tiny_args(prefixes, run, cache, iters=args.train_iters, **over)
-            result = analyse(run, timed_launch(run_args, args.nproc))
+            interval = args.grad_interval if name in ("aioli-grad", "aioli-look") else None
+            result = analyse(run, timed_launch(run_args, args.nproc), interval)
             print(f"  {name:<12} loop {result['loop_s']:7.2f}s  steps {result['step_s']:7.2f}s  "
                   f"evals {result['evals']:3d}  phases {result['phases']:3d}", flush=True)
             if name not in results or result["loop_s"] < results[name]["loop_s"]:
@@ -158,6 +175,11 @@ def print_table(res: dict, bd: dict) -> None:
               f"{b['extra_eval_s']:>10.2f}{b['extra_step_s']:>10.2f}{b['phase_overhead_s']:>11.2f}")
     print(f"\none evaluation pass: {bd['t_eval_s'] * 1e3:.0f} ms = {bd['t_eval_s'] * 1e3 / bd['median_step_ms']:.1f} "
           f"optimizer steps (median step {bd['median_step_ms']:.1f} ms)")
+    for name in [m for m in AIOLI if "self_ratio" in res.get(m, {})]:
+        r = res[name]
+        print(f"{name}: {r['estimates']} estimates added {r['estimate_s']:.2f} s over the run's median step "
+              f"({1e3 * r['estimate_s'] / max(r['estimates'], 1):.0f} ms each); within-run ratio "
+              f"{r['self_ratio']:.3f} (this run's loop over itself without them: no drift between runs)")
     for name, target in (("aioli-val", 1.15), ("aioli-grad", 1.10), ("aioli-look", 1.10)):
         if name in bd:
             ok = bd[name]["ratio"] <= target
