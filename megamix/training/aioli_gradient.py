@@ -19,7 +19,8 @@ it), and decoupled weight decay does not depend on the mixture.
 **Across ranks.** The products are bilinear, so summed gradients cannot be split per rank.
 Each rank r forms its own estimate X_r[i, j] = ⟨v_i^r, P g_j^r⟩ with g_j^r the gradient of
 the mean loss of *its own* samples of domain j in this step's batch and v_i^r that of its
-own validation micro-batch of domain i (different samples on every rank, rotating with the
+own validation micro-batch of domain i (``--aioli-grad-val-batch`` samples, default the
+training micro-batch size; different samples on every rank, rotating with the
 step). The ranks' matrices are averaged in one all-reduce of a (K+1)×(K+1) tensor that
 also carries per-domain presence counts: a domain with no samples on a rank contributes
 nothing there, and column j is averaged over the ranks that had domain j. With validation
