@@ -32,3 +32,17 @@ def test_analyse_reads_the_runs_metrics(tmp_path):
     assert got["median_step_ms"] == pytest.approx(100.0)
     assert got["estimates"] == 2 and got["estimate_s"] == pytest.approx(0.8)
     assert "self_ratio" not in analyse(str(tmp_path), 10.0)  # a run without estimates
+
+
+def test_probe_free_runs_are_judged_by_their_within_run_ratio(capsys):
+    """A drift between the two runs must not decide the verdict: the gradient run below is faster
+    than stratified overall (its machine sped up) but its estimates cost 15 % of its own loop."""
+    from benchmarks.bench_mixing import breakdown, print_table
+
+    base = {"loop_s": 100.0, "step_s": 90.0, "non_step_s": 10.0, "evals": 2, "eval_s": 1.0, "phases": 2,
+            "median_step_ms": 90.0}
+    grad = {**base, "loop_s": 98.0, "estimates": 4, "estimate_s": 98.0 - 98.0 / 1.15, "self_ratio": 1.15}
+    res = {"stratified": base, "aioli-grad": grad}
+    print_table(res, breakdown(res))
+    out = capsys.readouterr().out
+    assert "aioli-grad within-run ratio 1.150: target <= 1.1 MISSED" in out
