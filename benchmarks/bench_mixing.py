@@ -55,6 +55,8 @@ METHODS = {
     "aioli-look": {"--mixing-method": "aioli", "--aioli-estimator": "lookahead"},
 }
 AIOLI = ("aioli-val", "aioli-train", "aioli-grad", "aioli-look")
+PROBE_FREE = ("aioli-grad", "aioli-look")
+"""The runs whose estimates sit inside their steps (--aioli-grad-interval, --aioli-grad-val-batch)."""
 
 
 def timed_launch(args: list[str], nproc: int) -> float:
@@ -133,13 +135,12 @@ def bench(args: argparse.Namespace, work: str) -> dict:
                     "--skip-test": True, "--log-interval": 1, "--lr": 1e-3, "--min-lr": 1e-4}
             if args.profile == "paper":
                 over.update(paper_flags(flags, args.train_iters))
-            if name in ("aioli-grad", "aioli-look"):
-                over["--aioli-grad-interval"] = args.grad_interval
-                if args.grad_val_batch is not None:
-                    over["--aioli-grad-val-batch"] = args.grad_val_batch
+            probe_free = name in PROBE_FREE
+            if probe_free:  # a None flag value is left out (the run's default)
+                over.update({"--aioli-grad-interval": args.grad_interval,
+                             "--aioli-grad-val-batch": args.grad_val_batch})
             run_args = tiny_args(prefixes, run, cache, iters=args.train_iters, **over)
-            interval = args.grad_interval if name in ("aioli-grad", "aioli-look") else None
-            result = analyse(run, timed_launch(run_args, args.nproc), interval)
+            result = analyse(run, timed_launch(run_args, args.nproc), args.grad_interval if probe_free else None)
             print(f"  {name:<12} loop {result['loop_s']:7.2f}s  steps {result['step_s']:7.2f}s  "
                   f"evals {result['evals']:3d}  phases {result['phases']:3d}", flush=True)
             if name not in results or result["loop_s"] < results[name]["loop_s"]:
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-docs", type=int, default=400, help="fixture documents per domain")
     ap.add_argument("--grad-interval", type=int, default=10, help="--aioli-grad-interval of the aioli-grad and aioli-look runs")
     ap.add_argument("--grad-val-batch", type=int, default=None,
-                    help="--aioli-grad-val-batch of the aioli-grad and aioli-look runs (default: the micro-batch size)")
+                    help="--aioli-grad-val-batch of the aioli-grad and aioli-look runs "
+                         "(default: the micro-batch size)")
     ap.add_argument("--methods", default=",".join(AIOLI),
                     help=f"comma list of the runs besides stratified (default all: {','.join(AIOLI)})")
     ap.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")

@@ -49,7 +49,9 @@ class QualitySpec:
 
     def _val_batch_note(self) -> str:
         """', B validation samples a domain per estimate' when --grad-val-batch set it, else ''."""
-        return "" if self.grad_val_batch is None else f", {self.grad_val_batch} validation samples a domain per estimate"
+        if self.grad_val_batch is None:
+            return ""
+        return f", {self.grad_val_batch} validation samples a domain per estimate"
 
     def warmup_iters(self, iters: int) -> int:
         """LR warm-up steps of a run of ``iters`` steps (a fraction of it in the paper profile)."""
