@@ -10,8 +10,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("code", "prose", "math")
-TIMING_KEYS = ("tokens_per_s", "step_time_s", "tflops_per_device", "mfu", "max_mem_gb", "eval_s")
-"""Fields of a 'train' or 'eval' event that measure speed, not training: they differ between identical runs."""
+TIMING_KEYS = ("tokens_per_s", "step_time_s", "tflops_per_device", "mfu", "max_mem_gb", "eval_s", "begin_s")
+"""Fields of a 'train', 'eval' or 'phase' event that measure speed, not training: they differ between identical runs."""
 
 
 def strip_timing(evs: list[dict]) -> list[dict]:

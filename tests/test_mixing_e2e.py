@@ -33,10 +33,12 @@ def _run(data, run_dir, iters, **over):
 
 
 def check_weights(run: str, iters: int) -> list[np.ndarray]:
-    """Every logged mixture is on the simplex; train steps use their phase's weights; all steps trained."""
+    """Every logged mixture is on the simplex; train steps use their phase's weights; all steps trained;
+    every phase records its start-up time (benchmarks/bench_mixing.py charges the probe phases' to Aioli)."""
     phases = events(run, "phase")
     train = events(run, "train")
     assert [e["step"] for e in train] == list(range(1, iters + 1))
+    assert all(0.0 <= ph["begin_s"] < 60.0 for ph in phases)
     for e in phases + train:
         w = np.array(list(e["weights"].values()))
         assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-9, e

@@ -122,6 +122,7 @@ class PhaseLoop:
 
     # ----------------------------------------------------------------- phases
     def _begin_phase(self, state: LoopState) -> None:
+        t0 = time.perf_counter()
         remaining = self.train_iters - state.iteration
         phase = self.mixer.next_phase(state.iteration, remaining)
         weights = broadcast_and_check(phase.weights, f"weights of phase {state.phases_started}")
@@ -137,7 +138,8 @@ class PhaseLoop:
         state.phase_stats = DomainStats(self.k, self.device, self.runner.sample_signals(phase.signals))
         state.phases_started += 1
         self.metrics.record({"event": "phase", "step": state.iteration, "steps": steps, "kind": phase.kind,
-                             "weights": self._named(weights), "evaluate": phase.evaluate, "info": phase.info})
+                             "weights": self._named(weights), "evaluate": phase.evaluate, "info": phase.info,
+                             "begin_s": time.perf_counter() - t0})
 
     def _finish_phase(self, state: LoopState) -> None:
         phase = state.phase
