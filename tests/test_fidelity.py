@@ -128,17 +128,24 @@ def test_fidelity_tool_on_an_aioli_run(tmp_path, capsys):
         assert np.asarray(est[name]["A"]).shape == (3, 3)
         assert -1.0 <= est[name]["spearman_matrix"] <= 1.0 and -1.0 <= est[name]["cosine_matrix"] <= 1.0
     assert est["gradient"]["steps"] == 4
+    assert est["grad_val_batch"] == 2  # the run's micro-batch: it set no --aioli-grad-val-batch
     assert "estimator vs A*" in table
-    # probes are seeded: the same command gives the same report
-    tool.main([run, "--num-probes", "5", "--probe-steps", "3", "--out", out + "2"])
+    # probes are seeded: the same command gives the same report; --grad-val-batch changes the
+    # gradient estimators' validation side only
+    tool.main([run, "--num-probes", "5", "--probe-steps", "3", "--grad-val-batch", "1", "--out", out + "2"])
     again = json.loads(open(out + "2").read())
     assert again["probe_loss_decrease"] == rep["probe_loss_decrease"]
+    assert again["estimators"]["probes"] == est["probes"]
+    assert again["estimators"]["grad_val_batch"] == 1
+    assert again["estimators"]["gradient"]["A"] != est["gradient"]["A"]
 
 
 def test_fidelity_tool_errors(tmp_path, capsys):
     tool = _tool()
     assert tool.main([str(tmp_path)]) == 2
     assert "config.json: not found" in capsys.readouterr().err
+    assert tool.main([str(tmp_path), "--grad-val-batch", "0"]) == 2
+    assert "--grad-val-batch must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

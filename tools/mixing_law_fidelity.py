@@ -174,13 +174,19 @@ class ProbeTrainer:
             optim.step()
         return model
 
-    def gradient_a(self, steps: int, mode: str = "gradient") -> tuple[np.ndarray | None, int]:
+    def val_batch(self, override: int | None = None) -> int:
+        """Validation samples a domain per estimate: ``override``, else the run's --aioli-grad-val-batch,
+        else its micro-batch."""
+        return override or getattr(self.run.options(), "grad_val_batch", None) or self.run.training["micro_batch_size"]
+
+    def gradient_a(self, steps: int, mode: str = "gradient",
+                   val_batch: int | None = None) -> tuple[np.ndarray | None, int]:
         """Aioli's probe-free estimate of A per optimizer step (``mode``: gradient or lookahead; mean over
-        ``steps`` uniform batches) and the steps it took; None without the run's Adam state
-        (--fresh-optimizer: no preconditioner)."""
+        ``steps`` uniform batches; ``val_batch``: see :meth:`val_batch`) and the steps it took; None
+        without the run's Adam state (--fresh-optimizer: no preconditioner)."""
         model, optim = self.model_and_optimizer()
         k, mbs = len(self.train_sets), self.run.training["micro_batch_size"]
-        val_batch = getattr(self.run.options(), "grad_val_batch", None) or mbs  # the run's --aioli-grad-val-batch
+        val_batch = self.val_batch(val_batch)
         draws = ValidationDraws(self.valid, self.run.data_cfg.eval_samples_per_domain, val_batch, 0, 1)
         est = AioliGradientEstimator(model, optim, k, self.device, draws, mbs, 1, 0, mode)
         values = [est.before_step(n + 1, batch, self.lr)
@@ -204,7 +210,7 @@ def compare(a: np.ndarray | None, a_star: np.ndarray) -> dict:
 
 
 def estimator_report(trainer: ProbeTrainer, p: np.ndarray, dl: np.ndarray, a_star: np.ndarray,
-                     cfg: fidelity.FidelityConfig, grad_steps: int) -> dict:
+                     cfg: fidelity.FidelityConfig, grad_steps: int, val_batch: int | None = None) -> dict:
     """Aioli's estimators of A at the checkpoint, each judged against A* (see step 5 above).
 
     The judge is A* fitted from the probes other than the q_j when there are at least K of
@@ -216,10 +222,11 @@ def estimator_report(trainer: ProbeTrainer, p: np.ndarray, dl: np.ndarray, a_sta
     a_probes = law.solve_a(dl[:k].T, p[:k], f=cfg.one_hot_factor)
     out = {"judge": "A* from the held-out probes" if held_out else
            "A* from all probes (fewer than K held out: favours the probes estimator)",
-           "a_star_judge": judge.tolist(), "probes": compare(a_probes, judge)}
+           "a_star_judge": judge.tolist(), "probes": compare(a_probes, judge),
+           "grad_val_batch": trainer.val_batch(val_batch)}
     for mode in MODES:
         t0 = time.perf_counter()
-        a_est, steps = trainer.gradient_a(grad_steps, mode)
+        a_est, steps = trainer.gradient_a(grad_steps, mode, val_batch)
         rep = compare(None if a_est is None else a_est * cfg.probe_steps, judge)
         rep.update({"steps": steps, "seconds": time.perf_counter() - t0,
                     "note": None if a_est is not None else "no Adam state (--fresh-optimizer): no preconditioner"})
@@ -229,7 +236,7 @@ def estimator_report(trainer: ProbeTrainer, p: np.ndarray, dl: np.ndarray, a_sta
 
 def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | None = None,
                probe_lr: float | None = None, a_key: str | None = None, log=print, fresh_optimizer: bool = False,
-               grad_steps: int = 4) -> dict:
+               grad_steps: int = 4, grad_val_batch: int | None = None) -> dict:
     """Train the probes, fit A*, compare with the run's A and with Aioli's estimators; the report as a dict."""
     run = RunView(run_dir, eval_samples)
     own, source = fidelity.method_a(run.method, run.events, run.options(), a_key)
@@ -256,7 +263,7 @@ def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | N
               "probe_mixtures": p.tolist(), "probe_loss_decrease": dl.tolist(), "val_loss_before": before.tolist(),
               "probe_steps": cfg.probe_steps, "probe_lr": lr, "seed": cfg.seed,
               "optimizer_state": "fresh" if fresh_optimizer else "run",
-              "estimators": estimator_report(trainer, p, dl, a_star, cfg, grad_steps),
+              "estimators": estimator_report(trainer, p, dl, a_star, cfg, grad_steps, grad_val_batch),
               "eval_samples_per_domain": run.data_cfg.eval_samples_per_domain,
               "seconds": time.perf_counter() - t0, "evaluations": trainer.evals}
     report.update(fidelity.agreement(own, a_star))
@@ -290,18 +297,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="probes start from fresh Adam moments instead of the run's (no gradient estimate then)")
     ap.add_argument("--grad-steps", type=int, default=4,
                     help="uniform-mixture batches the gradient estimate of A averages (default 4)")
+    ap.add_argument("--grad-val-batch", type=int, default=None,
+                    help="validation samples a domain per estimate (default: the run's --aioli-grad-val-batch, "
+                         "else its micro-batch)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
     try:
+        if args.grad_steps < 1:
+            raise ValueError(f"--grad-steps must be >= 1, got {args.grad_steps}")
+        if args.grad_val_batch is not None and args.grad_val_batch < 1:
+            raise ValueError(f"--grad-val-batch must be >= 1, got {args.grad_val_batch}")
         config = os.path.join(args.run, "config.json")
         k = len(read_json(config, config)["domains"])
         cfg = fidelity.FidelityConfig(num_probes=args.num_probes or 2 * k + 2, probe_steps=args.probe_steps,
                                       one_hot_factor=args.one_hot_factor, seed=args.seed)
-        if args.grad_steps < 1:
-            raise ValueError(f"--grad-steps must be >= 1, got {args.grad_steps}")
         report = run_report(args.run, cfg, args.eval_samples_per_domain, args.probe_lr, args.a_key,
-                            fresh_optimizer=args.fresh_optimizer, grad_steps=args.grad_steps)
+                            fresh_optimizer=args.fresh_optimizer, grad_steps=args.grad_steps,
+                            grad_val_batch=args.grad_val_batch)
     except (ValueError, FileNotFoundError) as err:
         print(f"mixing_law_fidelity: error: {err}", file=sys.stderr)
         return 2
