@@ -215,8 +215,8 @@ def print_table(res: dict, bd: dict) -> None:
                      f"({1e3 * r['estimate_s'] / max(r['estimates'], 1):.0f} ms each)")
         else:
             spent = (f"{r['probe_evals']} probe evaluations took {r['probe_eval_s']:.2f} s "
-                     f"({1e3 * r['probe_eval_s'] / max(r['probe_evals'], 1):.0f} ms each), their phases' start-up and first steps "
-                     f"{r['probe_phase_s']:.2f} s")
+                     f"({1e3 * r['probe_eval_s'] / max(r['probe_evals'], 1):.0f} ms each), "
+                     f"their phases' start-up and first steps {r['probe_phase_s']:.2f} s")
         print(f"{name}: {spent}; within-run ratio {r['self_ratio']:.3f} "
               "(this run's loop over itself without them: no drift between runs)")
     for name, target in (("aioli-val", 1.15), ("aioli-grad", 1.10), ("aioli-look", 1.10)):

@@ -56,7 +56,8 @@ def _probe_run() -> list[dict]:
             {"event": "eval", "eval_s": 0.6},
             {"event": "phase", "kind": "probe", "begin_s": 0.03}, *_steps({1: 0.3}, n=2),
             {"event": "eval", "eval_s": 0.7},
-            {"event": "phase", "kind": "train", "begin_s": 0.5}, *_steps({1: 0.9}, n=10), {"event": "eval", "eval_s": 0.4}]
+            {"event": "phase", "kind": "train", "begin_s": 0.5}, *_steps({1: 0.9}, n=10),
+            {"event": "eval", "eval_s": 0.4}]
 
 
 def test_probe_cost_is_the_evaluations_ending_probe_phases_and_their_start_up():
@@ -87,5 +88,6 @@ def test_probe_runs_are_judged_by_their_within_run_ratio(tmp_path, capsys):
             "median_step_ms": 100.0}
     print_table({"stratified": base, "aioli-val": probe}, breakdown({"stratified": base, "aioli-val": probe}))
     out = capsys.readouterr().out
-    assert "aioli-val: 3 probe evaluations took 1.80 s (600 ms each), their phases' start-up and first steps 0.56 s" in out
+    assert ("aioli-val: 3 probe evaluations took 1.80 s (600 ms each), their phases' start-up and first steps "
+            "0.56 s") in out
     assert "aioli-val within-run ratio 1.309: target <= 1.15 MISSED" in out
