@@ -49,7 +49,7 @@ from launch import make_data, tiny_args, torchrun_cmd  # noqa: E402
 from megamix.fileio import read_jsonl  # noqa: E402
 
 from benchmarks.paper_profile import aioli_recipe  # noqa: E402
-from benchmarks.quality_runs import paper_spec  # noqa: E402
+from benchmarks.quality_runs import PROBE_FREE, paper_spec  # noqa: E402
 
 METHODS = {
     "stratified": {"--mixing-method": "stratified"},
@@ -59,8 +59,6 @@ METHODS = {
     "aioli-look": {"--mixing-method": "aioli", "--aioli-estimator": "lookahead"},
 }
 AIOLI = ("aioli-val", "aioli-train", "aioli-grad", "aioli-look")
-PROBE_FREE = ("aioli-grad", "aioli-look")
-"""The runs whose estimates sit inside their steps (--aioli-grad-interval, --aioli-grad-val-batch)."""
 
 
 def timed_launch(args: list[str], nproc: int) -> float:
@@ -111,26 +109,22 @@ def estimate_time(steps: list[dict], interval: int, median_s: float, loop_s: flo
     return {"estimates": len(est), "estimate_s": extra, "self_ratio": loop_s / (loop_s - extra)}
 
 
-PROBE_KINDS = ("probe", "eval")
-"""Phase kinds that only probe Aioli has: its probes, and the evaluation that starts a round when no
-loss is known; the evaluations at their ends are what probing adds to a run."""
-
-
 def probe_eval_time(evs: list[dict], loop_s: float, median_s: float) -> dict:
     """Probe Aioli's cost measured inside one run, immune to drifts in machine speed between runs: the
-    'eval' events that end a probe (or eval-only) phase, those phases' own start-up (the 'phase' event's
-    ``begin_s``: schedule segment, blend rebuild, broadcast) and their first step's time over the run's
-    median step (a new phase's first batch), summed, and the run's loop time over the same loop without
-    them. The probe steps themselves are training steps: they count toward --train-iters."""
+    'eval' events that end a probe phase, those phases' own start-up (the 'phase' event's ``begin_s``:
+    schedule segment, blend rebuild, broadcast) and their first step's time over the run's median step
+    (a new phase's first batch), summed, and the run's loop time over the same loop without them. The
+    probe steps themselves are training steps: they count toward --train-iters. The evaluation of the
+    untrained model (an 'eval' phase) is not counted: stratified has it too."""
     kind, first, evals, eval_s, begin_s, first_s = None, False, 0, 0.0, 0.0, 0.0
     for e in evs:
         if e["event"] == "phase":
             kind = e["kind"]
-            first = kind in PROBE_KINDS
+            first = kind == "probe"
             begin_s += e.get("begin_s", 0.0) if first else 0.0
         elif e["event"] == "train" and first:
             first, first_s = False, first_s + max(e["step_time_s"] - median_s, 0.0)
-        elif e["event"] == "eval" and kind in PROBE_KINDS:
+        elif e["event"] == "eval" and kind == "probe":
             evals, eval_s = evals + 1, eval_s + e["eval_s"]
     phase_s = begin_s + first_s
     return {"probe_evals": evals, "probe_eval_s": eval_s, "probe_phase_s": phase_s,
