@@ -29,6 +29,8 @@ are judged by it.
   python benchmarks/bench_mixing.py [--train-iters 400] [--repeats 1] [--out FILE]
   python benchmarks/bench_mixing.py --profile paper --train-iters 1000   # the paper profile's settings
   python benchmarks/bench_mixing.py --profile paper --train-iters 1000 --num-domains 2   # its K = 2 recipe
+  python benchmarks/bench_mixing.py --profile paper --train-iters 1000 --corpus data/corpus \
+      --domains code,legal,techdocs,literature,math,reference,multilingual   # K = 7 on the real corpus
 """
 
 from __future__ import annotations
@@ -146,10 +148,28 @@ def paper_flags(method_flags: dict, iters: int, k_domains: int = 3) -> dict:
     return over
 
 
+def corpus_data(corpus: str, domains: list[str]) -> tuple[list[str], dict]:
+    """Prefixes and flags to train on ``domains`` of a tokenized corpus as mixing_quality.py does
+    (its SentencePiece tokenizer, split 98,1,1 fixed by --split-seed 1); a missing file is named."""
+    for name in [f"{d}_text_document.{ext}" for d in domains for ext in ("idx", "bin")] + ["tokenizer.model"]:
+        if not os.path.isfile(os.path.join(corpus, name)):
+            raise SystemExit(f"--corpus {corpus}: {name} not found (--domains {','.join(domains)})")
+    flags = {"--tokenizer-type": "SentencePieceTokenizer", "--tokenizer-model": os.path.join(corpus, "tokenizer.model"),
+             "--vocab-size": None, "--split": "98,1,1", "--split-seed": 1}
+    return [os.path.join(corpus, f"{d}_text_document") for d in domains], flags
+
+
+def data_flags(args: argparse.Namespace, work: str) -> tuple[list[str], dict]:
+    """The runs' domains (fixture data, or --domains of --corpus) and the flags that go with them."""
+    if args.corpus:
+        return corpus_data(args.corpus, args.domains.split(","))
+    num_docs = args.num_docs if args.profile == "default" else max(args.num_docs, 2000)  # >= 64 valid samples
+    return make_data(os.path.join(work, "data"), num_docs=num_docs)[:args.num_domains], {}
+
+
 def bench(args: argparse.Namespace, work: str) -> dict:
     """Time every method (the fastest of --repeats) and return the per-method analyses."""
-    num_docs = args.num_docs if args.profile == "default" else max(args.num_docs, 2000)  # >= 64 valid samples
-    prefixes = make_data(os.path.join(work, "data"), num_docs=num_docs)[:args.num_domains]
+    prefixes, corpus_flags = data_flags(args, work)
     cache = os.path.join(work, "cache")
     results: dict = {}
     chosen = ["stratified"] + [m for m in args.methods.split(",") if m != "stratified"]
@@ -160,7 +180,8 @@ def bench(args: argparse.Namespace, work: str) -> dict:
             over = {**flags, "--mixing-update-interval": args.interval, "--eval-samples-per-domain": args.eval_samples,
                     "--skip-test": True, "--log-interval": 1, "--lr": 1e-3, "--min-lr": 1e-4}
             if args.profile == "paper":
-                over.update(paper_flags(flags, args.train_iters, args.num_domains))
+                over.update(paper_flags(flags, args.train_iters, len(prefixes)))
+            over.update(corpus_flags)
             probe_free = name in PROBE_FREE
             if probe_free:  # a None flag value is left out (the run's default)
                 over.update({"--aioli-grad-interval": args.grad_interval,
@@ -234,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-domains", type=int, choices=[2, 3], default=3,
                     help="train on the first K fixture domains (code, prose, math); the paper profile's Aioli "
                          "recipe is K's")
+    ap.add_argument("--corpus", default=None,
+                    help="with --profile paper: train on --domains of this tokenized corpus (mixing_quality.py's "
+                         "--corpus) instead of the fixture, e.g. all 7 domains for the cost at K = 7")
+    ap.add_argument("--domains", default=None, help="comma list of --corpus's domains (K = their number)")
     ap.add_argument("--grad-interval", type=int, default=10, help="--aioli-grad-interval of the aioli-grad and aioli-look runs")
     ap.add_argument("--grad-val-batch", type=int, default=None,
                     help="--aioli-grad-val-batch of the aioli-grad and aioli-look runs "
@@ -244,6 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the measurements as JSON")
     args = ap.parse_args(argv)
+    if bool(args.corpus) != bool(args.domains) or (args.corpus and args.profile != "paper"):
+        ap.error("--corpus and --domains go together, with --profile paper")
+    if args.profile == "paper":
+        k = len(args.domains.split(",")) if args.domains else args.num_domains
+        try:
+            paper_flags(METHODS["aioli-val"], args.train_iters, k)
+        except ValueError as e:
+            ap.error(f"--train-iters {args.train_iters}: {e}")
     with tempfile.TemporaryDirectory(prefix="bench_mixing-") as work:
         res = bench(args, work)
     bd = breakdown(res)

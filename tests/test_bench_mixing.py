@@ -92,3 +92,35 @@ def test_probe_runs_are_judged_by_their_within_run_ratio(tmp_path, capsys):
     assert ("aioli-val: 2 probe evaluations took 1.30 s (650 ms each), their phases' start-up and first steps "
             "0.55 s") in out
     assert "aioli-val within-run ratio 1.227: target <= 1.15 MISSED" in out
+
+
+def test_corpus_data_names_the_missing_file_and_sets_the_corpus_flags(tmp_path):
+    """--corpus/--domains train on the real corpus as mixing_quality.py does; a missing domain is named."""
+    from benchmarks.bench_mixing import corpus_data
+
+    for name in ("code_text_document.idx", "code_text_document.bin", "tokenizer.model"):
+        (tmp_path / name).write_text("")
+    prefixes, flags = corpus_data(str(tmp_path), ["code"])
+    assert prefixes == [str(tmp_path / "code_text_document")]
+    assert flags["--tokenizer-model"] == str(tmp_path / "tokenizer.model") and flags["--vocab-size"] is None
+    assert flags["--split"] == "98,1,1" and flags["--split-seed"] == 1
+    with pytest.raises(SystemExit, match="legal_text_document.idx not found"):
+        corpus_data(str(tmp_path), ["code", "legal"])
+
+
+@pytest.mark.parametrize("argv", [["--corpus", "x"], ["--domains", "code"],
+                                  ["--corpus", "x", "--domains", "code"]])
+def test_corpus_needs_domains_and_the_paper_profile(argv, capsys):
+    from benchmarks.bench_mixing import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "--corpus and --domains go together, with --profile paper" in capsys.readouterr().err
+
+
+def test_a_paper_recipe_that_cannot_fit_is_refused_before_any_run(capsys):
+    from benchmarks.bench_mixing import main
+
+    with pytest.raises(SystemExit):
+        main(["--profile", "paper", "--train-iters", "40", "--corpus", "x", "--domains", "a,b,c,d,e,f,g"])
+    assert "--train-iters 40: round length U=2 is too short for 7 probes" in capsys.readouterr().err
