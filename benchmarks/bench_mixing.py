@@ -242,6 +242,19 @@ def print_table(res: dict, bd: dict) -> None:
             print(f"{name} {which} {ratio:.3f}: target <= {target} {'met' if ratio <= target else 'MISSED'}")
 
 
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any run, a corpus without domains (or outside the paper profile) and a
+    paper-profile Aioli recipe that --train-iters cannot fit (its rounds too short for K probes)."""
+    if bool(args.corpus) != bool(args.domains) or (args.corpus and args.profile != "paper"):
+        ap.error("--corpus and --domains go together, with --profile paper")
+    if args.profile == "paper":
+        k = len(args.domains.split(",")) if args.domains else args.num_domains
+        try:
+            paper_flags(METHODS["aioli-val"], args.train_iters, k)  # raises what every Aioli run would
+        except ValueError as e:
+            ap.error(f"--train-iters {args.train_iters}: {e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,14 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the measurements as JSON")
     args = ap.parse_args(argv)
-    if bool(args.corpus) != bool(args.domains) or (args.corpus and args.profile != "paper"):
-        ap.error("--corpus and --domains go together, with --profile paper")
-    if args.profile == "paper":
-        k = len(args.domains.split(",")) if args.domains else args.num_domains
-        try:
-            paper_flags(METHODS["aioli-val"], args.train_iters, k)
-        except ValueError as e:
-            ap.error(f"--train-iters {args.train_iters}: {e}")
+    check_args(ap, args)
     with tempfile.TemporaryDirectory(prefix="bench_mixing-") as work:
         res = bench(args, work)
     bd = breakdown(res)
