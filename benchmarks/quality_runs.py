@@ -15,6 +15,8 @@ from megamix.fileio import atomic_write_json, read_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+SPLIT = "98,1,1"  # --split of every quality run (train, validation, test documents per domain)
+
 
 @dataclass
 class QualitySpec:
@@ -101,7 +103,7 @@ class QualitySpec:
                  "--seed", str(seed), "--tokenizer-type", "SentencePieceTokenizer",
                  "--tokenizer-model", os.path.join(self.corpus, "tokenizer.model"),
                  "--eval-samples-per-domain", str(self.eval_samples),
-                 "--test-samples-per-domain", str(self.test_samples), "--split", "98,1,1",
+                 "--test-samples-per-domain", str(self.test_samples), "--split", SPLIT,
                  "--log-interval", "10", "--mixing-update-interval", str(self.round_length),
                  "--data-cache-path", os.path.join(self.out, "cache")]
         if self.split_seed is not None:
