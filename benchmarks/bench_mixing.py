@@ -97,16 +97,24 @@ def analyse(run_dir: str, loop_s: float, estimate_interval: int | None = None) -
     return {"loop_s": loop_s, "step_s": step_s, "non_step_s": loop_s - step_s, "steps": len(steps),
             "evals": len(evals), "eval_s": sum(e["eval_s"] for e in evals),
             "phases": sum(kinds.values()), "phase_kinds": kinds, "median_step_ms": 1e3 * median_s,
-            **({} if estimate_interval is None else estimate_time(steps, estimate_interval, median_s, loop_s)),
+            **({} if estimate_interval is None else
+               estimate_time(steps, estimate_interval, median_s, loop_s, train_spans(evs))),
             **(probe_eval_time(evs, loop_s, median_s) if "probe" in kinds else {})}
 
 
-def estimate_time(steps: list[dict], interval: int, median_s: float, loop_s: float) -> dict:
+def train_spans(evs: list[dict]) -> list[range]:
+    """The 0-based steps of each 'train' phase: the only phases that carry the estimator's signal
+    (a prior or probe phase takes no estimate, whatever its steps' numbers)."""
+    return [range(e["step"], e["step"] + e["steps"]) for e in evs if e["event"] == "phase" and e["kind"] == "train"]
+
+
+def estimate_time(steps: list[dict], interval: int, median_s: float, loop_s: float, spans: list[range]) -> dict:
     """The probe-free estimators' cost measured inside one run, immune to drifts in machine speed
     between runs: each estimated step's time over the run's median step (0-based step s is
-    estimated when s % interval == 0 and s > 0; its 'train' event has step s + 1), summed, and
-    the run's loop time over the same loop without that time."""
-    est = [e["step_time_s"] - median_s for e in steps if e["step"] > 1 and (e["step"] - 1) % interval == 0]
+    estimated when s % interval == 0, s > 0 and s lies in a 'train' phase of ``spans``; its 'train'
+    event has step s + 1), summed, and the run's loop time over the same loop without that time."""
+    estimated = {s for span in spans for s in span if s > 0 and s % interval == 0}
+    est = [e["step_time_s"] - median_s for e in steps if e["step"] - 1 in estimated]
     extra = sum(est)
     return {"estimates": len(est), "estimate_s": extra, "self_ratio": loop_s / (loop_s - extra)}
 

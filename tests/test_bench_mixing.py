@@ -18,14 +18,24 @@ def test_estimate_time_counts_the_estimated_steps_over_the_median():
     interval 25 (not event 1, step 0, which has no preconditioner yet); a slow step elsewhere is
     not the estimator's."""
     steps = _steps({26: 0.4, 51: 0.45, 76: 0.35, 1: 0.9, 40: 0.7})
-    got = estimate_time(steps, 25, 0.1, 20.0)
+    got = estimate_time(steps, 25, 0.1, 20.0, [range(0, 100)])
     assert got["estimates"] == 3
     assert got["estimate_s"] == pytest.approx(0.3 + 0.35 + 0.25)
     assert got["self_ratio"] == pytest.approx(20.0 / (20.0 - 0.9))
 
 
+def test_estimate_time_skips_steps_outside_train_phases():
+    """A prior phase (the '-own' recipe's round on the start mixture) takes no estimate: at
+    interval 25 with a prior phase over steps 0-49, step 25 (event 26) is not counted even when slow."""
+    steps = _steps({26: 0.5, 51: 0.4, 76: 0.3})
+    got = estimate_time(steps, 25, 0.1, 20.0, [range(50, 100)])
+    assert got["estimates"] == 2
+    assert got["estimate_s"] == pytest.approx(0.3 + 0.2)
+
+
 def test_analyse_reads_the_runs_metrics(tmp_path):
-    evs = _steps({26: 0.5, 51: 0.5}, n=60) + [{"event": "eval", "eval_s": 0.2}, {"event": "phase", "kind": "train"}]
+    evs = _steps({26: 0.5, 51: 0.5}, n=60) + [{"event": "eval", "eval_s": 0.2},
+                                              {"event": "phase", "kind": "train", "step": 0, "steps": 60}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
     got = analyse(str(tmp_path), 10.0, estimate_interval=25)
     assert got["steps"] == 60 and got["evals"] == 1 and got["phase_kinds"] == {"train": 1}
