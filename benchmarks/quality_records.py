@@ -47,6 +47,16 @@ def config_differences(had: dict, want: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def without_unread(cfg: dict) -> dict:
+    """The config less what its run never read: a probe Aioli run takes no gradient estimates, so its
+    ``--aioli-grad-*`` options (whose defaults have changed) do not tell two such runs apart."""
+    options = (cfg.get("mixing") or {}).get("options")
+    if not isinstance(options, dict) or options.get("estimator") != "probes":
+        return cfg
+    options = {k: v for k, v in options.items() if not k.startswith("grad_")}
+    return {**cfg, "mixing": {**cfg["mixing"], "options": options}}
+
+
 def check_same_run(run_dir: str, domains: list[str], cmd_flags: list[str]) -> None:
     """A run directory is resumed or reused only when it was started with this run's configuration.
 
@@ -56,7 +66,7 @@ def check_same_run(run_dir: str, domains: list[str], cmd_flags: list[str]) -> No
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
-    diffs = config_differences(_stored_config(path), run_config(cmd_flags, domains))
+    diffs = config_differences(without_unread(_stored_config(path)), without_unread(run_config(cmd_flags, domains)))
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise SystemExit(f"{run_dir} was trained with another configuration ({shown}); give the setting "

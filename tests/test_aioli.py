@@ -278,6 +278,20 @@ def test_gradient_estimator_flags():
     AioliMixer(ctx(), AioliConfig(estimator="gradient"), 10)  # no probe steps to fit in a round
 
 
+def test_gradient_estimate_interval_defaults_to_half_a_round_and_fits_in_one():
+    """Without --aioli-grad-interval an estimate is taken twice a round (one at a 1-step round); an
+    interval longer than the round is refused, because rounds between estimates would keep p."""
+    assert AioliConfig(estimator="gradient").estimate_interval(50) == 25
+    assert AioliConfig(estimator="gradient").estimate_interval(1) == 1
+    assert AioliConfig(estimator="gradient", grad_interval=7).estimate_interval(50) == 7
+    assert AioliMixer(ctx(), AioliConfig(estimator="gradient"), 10).grad_interval == 5
+    AioliMixer(ctx(), AioliConfig(estimator="gradient", grad_interval=10), 10)  # one estimate a round
+    with pytest.raises(ValueError, match=r"--aioli-grad-interval \(11\) is longer than a round "
+                                         r"\(--mixing-update-interval 10\)"):
+        AioliMixer(ctx(), AioliConfig(estimator="gradient", grad_interval=11), 10)
+    AioliMixer(ctx(), AioliConfig(grad_interval=500), 200)  # the probes take no gradient estimates
+
+
 # ---------------------------------------------------------------- objective
 def _check_perplexity_rounds(rounds, eta, ema):
     """Each round's record recomputes: w = exp(L) / mean exp(L), p ∝ p · exp(η w·E); L is the

@@ -274,7 +274,8 @@ def test_two_ranks_zero_0_to_2_read_one_preconditioner_and_agree_on_the_estimate
 @pytest.mark.parametrize("val_batch, want", [(None, 4), (3, 3)])
 def test_the_validation_batch_is_the_flag_else_the_micro_batch(monkeypatch, val_batch, want):
     """--aioli-grad-val-batch sizes each domain's validation micro-batch of an estimate (the
-    validation half of its cost); without it the training micro-batch size is used."""
+    validation half of its cost); without it the training micro-batch size is used. The interval
+    defaults to half of --mixing-update-interval."""
     from types import SimpleNamespace
 
     from megamix.mixing.aioli import AioliConfig
@@ -284,10 +285,12 @@ def test_the_validation_batch_is_the_flag_else_the_micro_batch(monkeypatch, val_
     model = Quadratic()
     engine = SimpleNamespace(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     cfg = SimpleNamespace(data=SimpleNamespace(eval_samples_per_domain=None),
-                          training=SimpleNamespace(micro_batch_size=4, zero_stage=0))
+                          training=SimpleNamespace(micro_batch_size=4, zero_stage=0),
+                          mixing=SimpleNamespace(update_interval=20))
     env = SimpleNamespace(engine=engine, layout=SimpleNamespace(dp_rank=0, dp_size=1, num_domains=K),
                           device=torch.device("cpu"), cfg=cfg)
     est = aioli_gradient.gradient_signal(env, AioliConfig(estimator="gradient", grad_val_batch=val_batch))
     tokens, labels, mask = est.validation.batch(0, 1, torch.device("cpu"))
     assert tokens.shape == (want, SEQ) and est.mbs == 4  # the training half still regroups by micro-batch
+    assert est.interval == 10  # no --aioli-grad-interval: two estimates a round of 20 steps
     assert torch.equal(labels[0], torch.tensor(FakeValid(0)[want % 5]["labels"]))  # estimate 1 starts at B

@@ -340,6 +340,20 @@ def test_config_differences_skip_where_a_run_lies_and_name_each_changed_leaf():
     assert config_differences(had, want) == ["domains: '(absent)' -> ['a']", "mixing.options.x: 1 -> 2"]
 
 
+def test_a_probe_run_is_not_told_apart_by_the_gradient_options_it_never_read():
+    """--aioli-grad-interval's default changed (1 -> half a round): a probe Aioli run stored with
+    the old default is still this benchmark's run, while a gradient run's interval still counts."""
+    from benchmarks.quality_records import config_differences, without_unread
+
+    def cfg(estimator, interval):
+        return {"mixing": {"method": "aioli", "options": {"estimator": estimator, "grad_interval": interval,
+                                                          "grad_val_batch": None, "eta": 0.2}}}
+    assert config_differences(without_unread(cfg("probes", 1)), without_unread(cfg("probes", None))) == []
+    assert config_differences(without_unread(cfg("gradient", 1)), without_unread(cfg("gradient", None))) == [
+        "mixing.options.grad_interval: 1 -> None"]
+    assert without_unread({"mixing": {"method": "stratified", "options": None}})["mixing"]["options"] is None
+
+
 def test_a_run_started_with_other_flags_is_refused_not_reused(tmp_path):
     """A finished run is skipped, so one trained with another --grad-interval (or other domains)
     must stop the benchmark instead of being reported as this configuration's run."""

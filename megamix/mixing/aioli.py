@@ -67,7 +67,10 @@ class AioliConfig:
                             "preconditioned by the optimizer's state, no probe steps) or lookahead (the validation loss "
                             "change of a virtual Adam step on each domain's gradient)",
                             choices=ESTIMATORS)
-    grad_interval: int = option(1, "--aioli-grad-interval", "steps between gradient estimates of A (default 1)")
+    grad_interval: int | None = option(None, "--aioli-grad-interval",
+                                       "steps between gradient estimates of A, at most a round (default: half of "
+                                       "--mixing-update-interval, two estimates a round; an estimate costs about 2K "
+                                       "micro-batch backward passes, so with many domains use one a round)", type=int)
     grad_val_batch: int | None = option(None, "--aioli-grad-val-batch",
                                         "validation samples of each domain per gradient estimate, on each rank "
                                         "(default: --micro-batch-size)", type=int)
@@ -94,7 +97,7 @@ class AioliConfig:
             raise ValueError(f"--aioli-loss-source must be 'val' or 'train', got {self.loss_source!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"--aioli-estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if self.grad_interval < 1:
+        if self.grad_interval is not None and self.grad_interval < 1:
             raise ValueError(f"--aioli-grad-interval must be >= 1, got {self.grad_interval}")
         if self.grad_val_batch is not None and self.grad_val_batch < 1:
             raise ValueError(f"--aioli-grad-val-batch must be >= 1, got {self.grad_val_batch}")
@@ -103,6 +106,10 @@ class AioliConfig:
         if self.objective == "perplexity" and self.estimator == "probes" and self.loss_source == "train":
             raise ValueError("--aioli-objective perplexity weighs domains by their validation losses: it needs "
                              "--aioli-loss-source val with --aioli-estimator probes")
+
+    def estimate_interval(self, update_interval: int) -> int:
+        """Steps between gradient estimates: --aioli-grad-interval, or half a round when not given."""
+        return self.grad_interval or max(1, update_interval // 2)
 
     def check_domains(self, k: int) -> None:
         """Validate the settings that depend on the number of domains K."""
@@ -172,6 +179,11 @@ class AioliMixer(Mixer):
         if not self.gradient and cfg.loss_source == "train" and cfg.lp_steps < 2:
             raise ValueError(f"--aioli-loss-source train needs --aioli-lp-steps >= 2 (each probe is measured "
                              f"in two halves), got {cfg.lp_steps}")
+        self.grad_interval = cfg.estimate_interval(interval)
+        if self.gradient and self.grad_interval > interval:
+            raise ValueError(f"--aioli-grad-interval ({self.grad_interval}) is longer than a round "
+                             f"(--mixing-update-interval {interval}): some rounds would take no estimate and keep p; "
+                             f"use at most {interval} (one estimate a round)")
         if interval <= self.probe_total:
             raise ValueError(f"--mixing-update-interval ({interval}) must exceed the probe steps per round "
                              f"k·K·s = {cfg.lp_rounds}·{k}·{cfg.lp_steps} = {self.probe_total} "
@@ -306,7 +318,7 @@ class AioliMixer(Mixer):
                "a domain had no training samples in any estimated step of this round") + "; weights kept"
         record = self._finish_round(obs.step, est.a, {
             "estimated_steps": est.steps, "column_steps": est.column_steps.tolist(),
-            "grad_interval": self.cfg.grad_interval, "grad_val_batch": self.cfg.grad_val_batch,
+            "grad_interval": self.grad_interval, "grad_val_batch": self.cfg.grad_val_batch,
             "val_loss_batches": _lst(est.val_loss)}, why,
             est.val_loss if self.cur["val_loss_before"] is None else _arr(self.cur["val_loss_before"]))
         self.stage = "start"

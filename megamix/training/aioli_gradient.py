@@ -368,10 +368,11 @@ class AioliGradientEstimator(SignalProvider):
 
 def gradient_signal(env: SignalEnv, options) -> AioliGradientEstimator:
     """The run's estimator: its validation draws from the run's validation split (--aioli-grad-val-batch
-    samples a domain, default the micro-batch size), its interval from the flags."""
+    samples a domain, default the micro-batch size), its interval from the flags (default half a round)."""
     cfg, lay = env.cfg, env.layout
     validation = ValidationDraws(build_domain_datasets(cfg.data, "valid"), cfg.data.eval_samples_per_domain,
                                  options.grad_val_batch or cfg.training.micro_batch_size, lay.dp_rank, lay.dp_size)
     return AioliGradientEstimator(env.engine.module, env.engine.optimizer, lay.num_domains, env.device, validation,
-                                  cfg.training.micro_batch_size, options.grad_interval, cfg.training.zero_stage,
+                                  cfg.training.micro_batch_size, options.estimate_interval(cfg.mixing.update_interval),
+                                  cfg.training.zero_stage,
                                   options.estimator)
