@@ -194,6 +194,16 @@ def _write(out: str, spec: QualitySpec, ks: list[int], records: list[dict], sett
     return table
 
 
+def _check_interval(spec: QualitySpec, methods: list[str]) -> None:
+    """Refuse, before any run, a --grad-interval longer than a round for the probe-free rows (their
+    training would refuse it after the rows before them had run)."""
+    probe_free = [m for m in methods if (row := aioli_row(source_row(m))) is not None and row[0] != "aioli"]
+    if probe_free and spec.grad_interval > spec.round_length:
+        raise SystemExit(f"--grad-interval {spec.grad_interval}: longer than a round ({spec.round_length} steps at "
+                         f"--train-iters {spec.train_iters}), which the {','.join(probe_free)} rows cannot train with; "
+                         f"use at most {spec.round_length}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run (or resume) every run of the chosen profile, then write the table and JSON."""
     args = _parse(argv)
@@ -217,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             [aioli_recipe(k, spec.round_length) for k in ks]
         except ValueError as e:
             raise SystemExit(f"--train-iters {spec.train_iters}: {e}") from None
+    _check_interval(spec, methods)
     print(spec.describe(ks), flush=True)
     planned = {n: dict(plan(args.profile, methods, len(d), seeds, args.aux_seeds)) for n, d in settings.items()}
     t0, records = time.time(), []

@@ -413,3 +413,16 @@ def test_every_recipe_passes_the_launchers_own_checks(k, own):
     cfg = mixing_config_from_args(parser.parse_args(aioli_recipe(k, 50, own).flags()), None,
                                   [f"d{i}" for i in range(k)])
     cfg.options.check_domains(k)  # what pretrain_gpt_mix.py runs once it knows K
+
+
+def test_an_interval_longer_than_a_round_is_refused_before_any_run(tmp_path):
+    """At --train-iters 200 a round is 10 steps: --grad-interval 25 is refused for a probe-free row
+    (naming the flag and the round), and is no concern of probe or stratified rows."""
+    spec = paper_spec(str(tmp_path), str(tmp_path / "out"), 200)
+    spec.grad_interval = 25
+    with pytest.raises(SystemExit, match=r"--grad-interval 25: longer than a round \(10 steps at --train-iters 200\)"
+                                         r", which the aioli-grad-ppl-own rows"):
+        mq._check_interval(spec, ["stratified", "aioli", "aioli-grad-ppl-own"])
+    mq._check_interval(spec, ["stratified", "aioli", "aioli-ppl"])
+    spec.grad_interval = 10
+    mq._check_interval(spec, ["aioli-grad", "aioli-look"])
