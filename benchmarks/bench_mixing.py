@@ -51,7 +51,7 @@ from launch import make_data, tiny_args, torchrun_cmd  # noqa: E402
 from megamix.fileio import read_jsonl  # noqa: E402
 
 from benchmarks.paper_profile import aioli_recipe  # noqa: E402
-from benchmarks.quality_runs import PROBE_FREE, SPLIT, paper_spec  # noqa: E402
+from benchmarks.quality_runs import PAPER_SPLIT_SEED, PROBE_FREE, SPLIT, paper_spec  # noqa: E402
 
 METHODS = {
     "stratified": {"--mixing-method": "stratified"},
@@ -163,7 +163,7 @@ def corpus_data(corpus: str, domains: list[str]) -> tuple[list[str], dict]:
         if not os.path.isfile(os.path.join(corpus, name)):
             raise SystemExit(f"--corpus {corpus}: {name} not found (--domains {','.join(domains)})")
     flags = {"--tokenizer-type": "SentencePieceTokenizer", "--tokenizer-model": os.path.join(corpus, "tokenizer.model"),
-             "--vocab-size": None, "--split": SPLIT, "--split-seed": paper_spec(corpus, "unused").split_seed}
+             "--vocab-size": None, "--split": SPLIT, "--split-seed": PAPER_SPLIT_SEED}
     return [os.path.join(corpus, f"{d}_text_document") for d in domains], flags
 
 

@@ -49,7 +49,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.paper_profile import aioli_recipe, parse_settings  # noqa: E402
-from benchmarks.quality_runs import QualitySpec, aioli_row, paper_spec, run_setting, source_row  # noqa: E402
+from benchmarks.quality_runs import (  # noqa: E402
+    PAPER_SPLIT_SEED, PROBE_FREE, QualitySpec, aioli_row, paper_spec, run_setting, source_row)
 from benchmarks.quality_table import (  # noqa: E402
     METRICS, headroom_notes, markdown_table, mixture_table, per_seed_table, summarize)
 from megamix.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -135,7 +136,7 @@ def build_spec(args: argparse.Namespace, corpus: str) -> QualitySpec:
     if args.profile == "paper":
         try:
             spec = paper_spec(corpus, args.out, args.train_iters or 1000, args.nproc,
-                              1 if args.split_seed is None else args.split_seed)
+                              PAPER_SPLIT_SEED if args.split_seed is None else args.split_seed)
         except ValueError as e:
             raise SystemExit(str(e)) from None
     else:
@@ -197,7 +198,7 @@ def _write(out: str, spec: QualitySpec, ks: list[int], records: list[dict], sett
 def _check_interval(spec: QualitySpec, methods: list[str]) -> None:
     """Refuse, before any run, a --grad-interval longer than a round for the probe-free rows (their
     training would refuse it after the rows before them had run)."""
-    probe_free = [m for m in methods if (row := aioli_row(source_row(m))) is not None and row[0] != "aioli"]
+    probe_free = [m for m in methods if (row := aioli_row(source_row(m))) is not None and row[0] in PROBE_FREE]
     if probe_free and spec.grad_interval > spec.round_length:
         raise SystemExit(f"--grad-interval {spec.grad_interval}: longer than a round ({spec.round_length} steps at "
                          f"--train-iters {spec.train_iters}), which the {','.join(probe_free)} rows cannot train with; "

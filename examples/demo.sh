@@ -43,7 +43,7 @@ export TRAIN_ARGS="--micro-batch-size 8 --global-batch-size 16 --train-iters $DE
 --save-interval 100 --data-cache-path $DATA_DIR/cache"
 SPLIT="--split 98,1,1"  # after pretrain_gpt_mix.sh's own --split, so this one holds
 # two gradient estimates a round (25 at the default length, the benchmark's); at most a round
-AIOLI_ARGS="$SPLIT --aioli-estimator gradient --aioli-grad-interval $(( ROUND > 1 ? ROUND / 2 : 1 )) --aioli-objective perplexity --aioli-eta 1 \
+AIOLI_ARGS="$SPLIT --aioli-estimator gradient --aioli-grad-interval $((ROUND / 2)) --aioli-objective perplexity --aioli-eta 1 \
 --aioli-update cumulative --aioli-prior-steps $ROUND"
 
 # finished runs are reused, so they must be runs of this recipe (an older demo's are not)
