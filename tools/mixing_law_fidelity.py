@@ -34,8 +34,7 @@ Design (one process, CPU or one GPU, no DeepSpeed):
    report with another ``--seed`` (independent held-out mixtures; the estimators do not
    change) before reading the scores. docs/results.md section 18: with 7–11 held-out
    probes two such judges disagreed at K = 3 and 7 (column-sum cosine −0.10, 0.06), hence
-   the default of
-   K + max(30, 5K) probes.
+   the default of K + max(30, 5K) probes.
 
 Output: a table on stdout and, with ``--out FILE``, the whole report as JSON.
 The A being judged comes from the run's last round (Aioli) or last update; for a close
