@@ -34,7 +34,7 @@ Design (one process, CPU or one GPU, no DeepSpeed):
    report with another ``--seed`` (independent held-out mixtures; the estimators do not
    change) before reading the scores. docs/results.md section 18: with 7–11 held-out
    probes two such judges disagreed at K = 3 and 7 (column-sum cosine −0.10, 0.06), hence
-   the default of K + max(30, 5K) probes.
+   the default of K + max(60, 5K) probes (60 held out reproduced at K = 2 and 3).
 
 Output: a table on stdout and, with ``--out FILE``, the whole report as JSON.
 The A being judged comes from the run's last round (Aioli) or last update; for a close
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory (config.json, metrics.jsonl, checkpoints)")
     ap.add_argument("--num-probes", type=int, default=None,
-                    help="probe mixtures (default K + max(30, 5K): fewer held-out probes gave two independent judges "
+                    help="probe mixtures (default K + max(60, 5K): fewer held-out probes gave two independent judges "
                          "(--seed) that disagreed at K >= 3; at least K)")
     ap.add_argument("--probe-steps", type=int, default=10, help="steps per probe (default 10)")
     ap.add_argument("--eval-samples-per-domain", type=int, default=None, help="default: the run's")
