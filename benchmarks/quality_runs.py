@@ -122,7 +122,8 @@ class QualitySpec:
                 "--aioli-lp-steps", str(self.lp_steps), "--aioli-prior-steps", str(self.aioli_warmup)]
 
 
-def paper_spec(corpus: str, out: str, train_iters: int = 1000, nproc: int = 2, split_seed: int = PAPER_SPLIT_SEED) -> QualitySpec:
+def paper_spec(corpus: str, out: str, train_iters: int = 1000, nproc: int = 2,
+               split_seed: int = PAPER_SPLIT_SEED) -> QualitySpec:
     """The ``--profile paper`` recipe: T = 20 rounds of N // 20 steps, 10 % warm-up, cosine to 0.2x the peak."""
     if train_iters < 2 * ROUNDS:
         raise ValueError(f"--train-iters {train_iters}: the paper profile needs >= {2 * ROUNDS} steps "

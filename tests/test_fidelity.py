@@ -51,8 +51,11 @@ def test_fit_recovers_a_linear_law():
 
 
 def test_default_probes_hold_out_at_least_sixty():
+    """A config without --num-probes gets the K q_j plus max(60, 5K) held-out mixtures."""
     for k in (2, 3, 7, 20):
-        assert fidelity.default_num_probes(k) - k >= max(60, 5 * k)
+        p = fidelity.probe_design(k, fidelity.FidelityConfig())
+        assert p.shape == (k + max(60, 5 * k), k)
+        assert len(p) - k >= max(60, 5 * k)
 
 
 def test_agreement_against_independent_formulas():

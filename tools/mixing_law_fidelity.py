@@ -315,10 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.grad_val_batch is not None and args.grad_val_batch < 1:
             raise ValueError(f"--grad-val-batch must be >= 1, got {args.grad_val_batch}")
         config = os.path.join(args.run, "config.json")
-        k = len(read_json(config, config)["domains"])
-        cfg = fidelity.FidelityConfig(num_probes=args.num_probes or fidelity.default_num_probes(k),
-                                      probe_steps=args.probe_steps, one_hot_factor=args.one_hot_factor,
-                                      seed=args.seed)
+        read_json(config, config)  # a missing or broken config is named before anything else loads
+        cfg = fidelity.FidelityConfig(num_probes=args.num_probes, probe_steps=args.probe_steps,
+                                      one_hot_factor=args.one_hot_factor, seed=args.seed)
         report = run_report(args.run, cfg, args.eval_samples_per_domain, args.probe_lr, args.a_key,
                             fresh_optimizer=args.fresh_optimizer, grad_steps=args.grad_steps,
                             grad_val_batch=args.grad_val_batch)

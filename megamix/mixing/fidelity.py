@@ -27,8 +27,9 @@ from megamix.mixing.registry import method_names, method_spec
 class FidelityConfig:
     """Probe design of a law-fidelity report."""
 
-    num_probes: int = 8
-    """Probe mixtures (the K one-hot-ish q_j first, then seeded Dirichlet draws); at least K."""
+    num_probes: int | None = None
+    """Probe mixtures (the K one-hot-ish q_j first, then seeded Dirichlet draws); at least K.
+    None: ``default_num_probes(K)``, resolved where K is known (``probe_design``)."""
     probe_steps: int = 10
     """Optimizer steps trained on each probe mixture, from the checkpoint weights."""
     one_hot_factor: float = 0.75
@@ -37,7 +38,7 @@ class FidelityConfig:
     """Seed of the Dirichlet probe mixtures and of the probes' training."""
 
     def __post_init__(self) -> None:
-        if self.num_probes < 2:
+        if self.num_probes is not None and self.num_probes < 2:
             raise ValueError(f"--num-probes must be >= 2 (at least K), got {self.num_probes}")
         if self.probe_steps < 1:
             raise ValueError(f"--probe-steps must be >= 1, got {self.probe_steps}")
@@ -48,11 +49,12 @@ class FidelityConfig:
 def probe_design(num_domains: int, cfg: FidelityConfig) -> np.ndarray:
     """The (n, K) probe mixtures: q_1..q_K, then seeded Dirichlet(1) draws up to ``num_probes``."""
     k = num_domains
-    if cfg.num_probes < k:
-        raise ValueError(f"--num-probes {cfg.num_probes}: the fit of A* needs at least K = {k} probes")
+    n = default_num_probes(k) if cfg.num_probes is None else cfg.num_probes
+    if n < k:
+        raise ValueError(f"--num-probes {n}: the fit of A* needs at least K = {k} probes")
     q = law.probe_mixtures(k, cfg.one_hot_factor)
     rng = np.random.default_rng([cfg.seed, 0xF1DE])
-    extra = rng.dirichlet(np.ones(k), size=cfg.num_probes - k)
+    extra = rng.dirichlet(np.ones(k), size=n - k)
     return np.concatenate([q, extra.reshape(-1, k)], axis=0)
 
 
@@ -72,7 +74,8 @@ def default_num_probes(num_domains: int) -> int:
 
     Measured (docs/results.md, section 18): with 7–11 held-out probes two independent
     judges (``--seed``) at K = 3 and 7 disagreed (column-sum cosine −0.10 and 0.06); with 30
-    at K = 3 still 0.71; with 60 at K = 2 and 3 they agree (0.995, 0.976), with 35 at K = 7 (0.95). A judge is only as good as its agreement with one from another seed.
+    at K = 3 still 0.71; with 60 at K = 2 and 3 they agree (0.995, 0.976), with 35 at K = 7
+    (0.95). A judge is only as good as its agreement with one from another seed.
     """
     return num_domains + max(60, 5 * num_domains)
 
