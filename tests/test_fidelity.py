@@ -70,6 +70,19 @@ def test_agreement_against_independent_formulas():
     vec = fidelity.agreement(np.array([3.0, 2.0, 1.0]), s)  # a gradient vector stands for column sums
     assert vec["cosine_matrix"] is None and vec["spearman_column_sums"] == pytest.approx(-1.0)  # s sums 0.4, 0.5, 0.6
     assert np.isnan(fidelity.spearman(np.ones(3), y)) and np.isnan(fidelity.cosine(np.zeros(3), y))
+    xc, yc = x - x.mean(), y - y.mean()
+    assert rep["centred_cosine_column_sums"] == pytest.approx(xc @ yc / np.linalg.norm(xc) / np.linalg.norm(yc))
+
+
+def test_centred_cosine_ignores_a_shift_common_to_every_column():
+    """EG's p ∝ p ⊙ exp(η · column sums) does not see a shift shared by all columns: the centred
+    cosine does not either, while the plain cosine does."""
+    est, judge = np.array([4.795, 3.406, 1.547]), np.array([0.054, -0.0005, -0.0644])  # section 19, K = 3 seed 2
+    assert fidelity.cosine(est, judge) < 0.35 and fidelity.centred_cosine(est, judge) > 0.99
+    for shift in (-5.0, 0.0, 3.0):
+        assert fidelity.centred_cosine(est + shift, judge) == pytest.approx(fidelity.centred_cosine(est, judge))
+    assert fidelity.centred_cosine(np.array([1.0, 2.0]), np.array([0.3, 0.1])) == pytest.approx(-1.0)  # K = 2: sign
+    assert np.isnan(fidelity.centred_cosine(np.ones(3), judge))
 
 
 def test_method_a_from_events(tmp_path):

@@ -22,19 +22,24 @@ Design (one process, CPU or one GPU, no DeepSpeed):
    sign-like, and at a high LR every probe can raise the loss whatever its mixture (the
    tool warns; lower ``--probe-lr``). Evaluate L'_n; dL_n = L − L'_n.
 4. Fit A* by least squares, dL_n ≈ A* p_n (``law.fit_linear_dynamic``), report the law's
-   R² on the probes, and the agreement of column sums: cosine and Spearman.
+   R² on the probes, and the agreement of column sums: cosine, centred cosine (the column
+   sums less their mean, the part EG's update sees; ±1 at K = 2) and Spearman.
 5. Judge the three ways Aioli can estimate A at this checkpoint against A*: ``probes``,
    A = B (Qᵀ)⁻¹ from the K probes at the q_j (one sweep of Aioli's LearnParams; these
    probes are also among A*'s, which favours them); ``gradient``, s · lr · ⟨v_i, P g_j⟩,
    and ``lookahead``, s · (L_i(θ) − L_i(θ − δ_j)) with δ_j Adam's next step had the
    step's gradient been g_j (from the loaded moments), each averaged over
    ``--grad-steps`` batches at the uniform mixture, with P from the loaded Adam state
-   (``megamix.training.aioli_gradient``). For each: cosine and Spearman of the column
-   sums and of the whole matrix. The judge itself is noisy: check it against a second
-   report with another ``--seed`` (independent held-out mixtures; the estimators do not
-   change) before reading the scores. docs/results.md section 18: with 7–11 held-out
+   (``megamix.training.aioli_gradient``). For each: cosine, centred cosine and Spearman of
+   the column sums, cosine and Spearman of the whole matrix. The judge itself is noisy:
+   check it against a second report with another ``--seed`` (independent held-out
+   mixtures; the estimators do not change) before reading the scores. docs/results.md section 18: with 7–11 held-out
    probes two such judges disagreed at K = 3 and 7 (column-sum cosine −0.10, 0.06), hence
    the default of K + max(60, 5K) probes (60 held out reproduced at K = 2 and 3).
+   A* also depends on ``--probe-steps``, the horizon it measures: section 19 found judges of
+   3 and 10 steps that ranked the columns differently on 2 of 5 checkpoints, so compare
+   estimators at the horizon you mean (the run's own Aioli probes train
+   ``--aioli-lp-steps``).
 
 Output: a table on stdout and, with ``--out FILE``, the whole report as JSON.
 The A being judged comes from the run's last round (Aioli) or last update; for a close
@@ -202,13 +207,18 @@ class ProbeTrainer:
         return got.a, got.steps
 
 
+SCORES = ("cosine_column_sums", "centred_cosine_column_sums", "spearman_column_sums", "cosine_matrix",
+          "spearman_matrix")
+"""Each estimator's agreement scores against A*, in the order the table prints them."""
+
+
 def compare(a: np.ndarray | None, a_star: np.ndarray) -> dict:
-    """Cosine and Spearman of column sums and of the whole matrix, of an estimate ``a`` against A*."""
+    """Cosine, centred cosine and Spearman of column sums and of the whole matrix, of an estimate ``a`` against A*."""
     if a is None or not np.all(np.isfinite(a)):
-        return {"A": None if a is None else a.tolist(), "cosine_column_sums": None, "spearman_column_sums": None,
-                "cosine_matrix": None, "spearman_matrix": None}
+        return {"A": None if a is None else a.tolist(), **dict.fromkeys(SCORES)}
     cols, star_cols = a.sum(axis=0), a_star.sum(axis=0)
     return {"A": a.tolist(), "cosine_column_sums": fidelity.cosine(cols, star_cols),
+            "centred_cosine_column_sums": fidelity.centred_cosine(cols, star_cols),
             "spearman_column_sums": fidelity.spearman(cols, star_cols), "cosine_matrix": fidelity.cosine(a, a_star),
             "spearman_matrix": fidelity.spearman(a.ravel(), a_star.ravel())}
 
@@ -274,15 +284,17 @@ def run_report(run_dir: str, cfg: fidelity.FidelityConfig, eval_samples: int | N
     return report
 
 
+def _short(key: str) -> str:
+    return key.replace("centred_cosine", "centred").replace("_column_sums", " cols").replace("_matrix", " A")
+
+
 def estimator_table(estimators: dict) -> str:
     """Aioli's estimators against A*: one row per estimator, one column per agreement score."""
-    keys = ("cosine_column_sums", "spearman_column_sums", "cosine_matrix", "spearman_matrix")
-    lines = [f"{'estimator vs A*':<16}" + "".join(f"{k.replace('_column_sums', ' cols').replace('_matrix', ' A'):>15}"
-                                                  for k in keys)]
+    lines = [f"{'estimator vs A*':<16}" + "".join(f"{_short(k):>15}" for k in SCORES)]
     for name in ("probes", *MODES):
         rep = estimators[name]
         lines.append(f"{name:<16}" + "".join(f"{'n/a' if rep[k] is None else format(rep[k], '.4f'):>15}"
-                                             for k in keys))
+                                             for k in SCORES))
     return "\n".join(lines + [f"judge: {estimators['judge']}"])
 
 
@@ -293,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-probes", type=int, default=None,
                     help="probe mixtures (default K + max(60, 5K): fewer held-out probes gave two independent judges "
                          "(--seed) that disagreed at K >= 3; at least K)")
-    ap.add_argument("--probe-steps", type=int, default=10, help="steps per probe (default 10)")
+    ap.add_argument("--probe-steps", type=int, default=10,
+                    help="steps per probe, the horizon A* measures (default 10; its column ranking can change "
+                         "between 3 and 10)")
     ap.add_argument("--eval-samples-per-domain", type=int, default=None, help="default: the run's")
     ap.add_argument("--one-hot-factor", type=float, default=0.75, help="f of the q_j probes (default 0.75)")
     ap.add_argument("--probe-lr", type=float, default=None, help="default: the run's LR at the checkpoint")

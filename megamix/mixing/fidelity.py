@@ -90,6 +90,18 @@ def cosine(x: np.ndarray, y: np.ndarray) -> float:
     return float(x @ y / (nx * ny))
 
 
+def centred_cosine(x: np.ndarray, y: np.ndarray) -> float:
+    """Cosine of two vectors less their means: the part of column sums that EG's update sees.
+
+    p ∝ p ⊙ exp(η · column sums) does not move when every column sum shifts by the same
+    amount, and a judge's column sums can carry such a shift that an estimator's lack
+    (docs/results.md section 19). At K = 2 it is ±1: whether the larger column agrees.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    return cosine(x - x.mean(), y - y.mean())
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation of two vectors; NaN when either is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -99,14 +111,15 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def agreement(method: np.ndarray, a_star: np.ndarray) -> dict:
-    """Cosine and Spearman of column sums (and entrywise cosine when ``method`` is a matrix)."""
+    """Cosine, centred cosine and Spearman of column sums (and entrywise cosine when ``method`` is a matrix)."""
     method = np.asarray(method, dtype=np.float64)
     star_cols = np.asarray(a_star).sum(axis=0)
     cols = method.sum(axis=0) if method.ndim == 2 else method
     if cols.shape != star_cols.shape:
         raise ValueError(f"method A has {cols.shape[0]} columns, A* has {star_cols.shape[0]}")
     out = {"method_column_sums": cols.tolist(), "a_star_column_sums": star_cols.tolist(),
-           "cosine_column_sums": cosine(cols, star_cols), "spearman_column_sums": spearman(cols, star_cols),
+           "cosine_column_sums": cosine(cols, star_cols), "centred_cosine_column_sums": centred_cosine(cols, star_cols),
+           "spearman_column_sums": spearman(cols, star_cols),
            "cosine_matrix": cosine(method, a_star) if method.ndim == 2 else None}
     return out
 
@@ -132,7 +145,8 @@ def format_table(domains: list[str], report: dict) -> str:
     for d, m, s in zip(domains, report["method_column_sums"], report["a_star_column_sums"]):
         lines.append(f"{d:<14}{m:>16.5g}{s:>16.5g}")
     lines.append("-" * 46)
-    for name in ("cosine_column_sums", "spearman_column_sums", "cosine_matrix", "law_r2"):
+    for name in ("cosine_column_sums", "centred_cosine_column_sums", "spearman_column_sums", "cosine_matrix",
+                 "law_r2"):
         v = report.get(name)
         lines.append(f"{name:<30}{'n/a' if v is None else format(v, '.4f'):>16}")
     return "\n".join(lines)
