@@ -33,9 +33,10 @@ Design (one process, CPU or one GPU, no DeepSpeed):
    (``megamix.training.aioli_gradient``). For each: cosine, centred cosine and Spearman of
    the column sums, cosine and Spearman of the whole matrix. The judge itself is noisy:
    check it against a second report with another ``--seed`` (independent held-out
-   mixtures; the estimators do not change) before reading the scores. docs/results.md section 18: with 7–11 held-out
-   probes two such judges disagreed at K = 3 and 7 (column-sum cosine −0.10, 0.06), hence
-   the default of K + max(60, 5K) probes (60 held out reproduced at K = 2 and 3).
+   mixtures; the estimators do not change) before reading the scores. docs/results.md
+   section 18: with 7–11 held-out probes two such judges disagreed at K = 3 and 7
+   (column-sum cosine −0.10, 0.06), hence the default of K + max(60, 5K) probes (60 held
+   out reproduced at K = 2 and 3).
    A* also depends on ``--probe-steps``, the horizon it measures: section 19 found judges of
    3 and 10 steps that ranked the columns differently on 2 of 5 checkpoints, so compare
    estimators at the horizon you mean (the run's own Aioli probes train
@@ -216,10 +217,8 @@ def compare(a: np.ndarray | None, a_star: np.ndarray) -> dict:
     """Cosine, centred cosine and Spearman of column sums and of the whole matrix, of an estimate ``a`` against A*."""
     if a is None or not np.all(np.isfinite(a)):
         return {"A": None if a is None else a.tolist(), **dict.fromkeys(SCORES)}
-    cols, star_cols = a.sum(axis=0), a_star.sum(axis=0)
-    return {"A": a.tolist(), "cosine_column_sums": fidelity.cosine(cols, star_cols),
-            "centred_cosine_column_sums": fidelity.centred_cosine(cols, star_cols),
-            "spearman_column_sums": fidelity.spearman(cols, star_cols), "cosine_matrix": fidelity.cosine(a, a_star),
+    scores = fidelity.agreement(a, a_star)
+    return {"A": a.tolist(), **{k: scores[k] for k in SCORES if k in scores},
             "spearman_matrix": fidelity.spearman(a.ravel(), a_star.ravel())}
 
 
