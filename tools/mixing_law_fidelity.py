@@ -208,8 +208,7 @@ class ProbeTrainer:
         return got.a, got.steps
 
 
-SCORES = ("cosine_column_sums", "centred_cosine_column_sums", "spearman_column_sums", "cosine_matrix",
-          "spearman_matrix")
+SCORES = (*fidelity.SCORES, "spearman_matrix")
 """Each estimator's agreement scores against A*, in the order the table prints them."""
 
 
@@ -218,7 +217,7 @@ def compare(a: np.ndarray | None, a_star: np.ndarray) -> dict:
     if a is None or not np.all(np.isfinite(a)):
         return {"A": None if a is None else a.tolist(), **dict.fromkeys(SCORES)}
     scores = fidelity.agreement(a, a_star)
-    return {"A": a.tolist(), **{k: scores[k] for k in SCORES if k in scores},
+    return {"A": a.tolist(), **{k: scores[k] for k in fidelity.SCORES},
             "spearman_matrix": fidelity.spearman(a.ravel(), a_star.ravel())}
 
 

@@ -110,6 +110,10 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+SCORES = ("cosine_column_sums", "centred_cosine_column_sums", "spearman_column_sums", "cosine_matrix")
+"""The agreement scores ``agreement`` returns, in the order reports print them."""
+
+
 def agreement(method: np.ndarray, a_star: np.ndarray) -> dict:
     """Cosine, centred cosine and Spearman of column sums (and entrywise cosine when ``method`` is a matrix)."""
     method = np.asarray(method, dtype=np.float64)
@@ -145,8 +149,7 @@ def format_table(domains: list[str], report: dict) -> str:
     for d, m, s in zip(domains, report["method_column_sums"], report["a_star_column_sums"]):
         lines.append(f"{d:<14}{m:>16.5g}{s:>16.5g}")
     lines.append("-" * 46)
-    for name in ("cosine_column_sums", "centred_cosine_column_sums", "spearman_column_sums", "cosine_matrix",
-                 "law_r2"):
+    for name in (*SCORES, "law_r2"):
         v = report.get(name)
         lines.append(f"{name:<30}{'n/a' if v is None else format(v, '.4f'):>16}")
     return "\n".join(lines)
